@@ -1,0 +1,140 @@
+"""The ``activeft`` command line: one sub-command per stage, mirroring the Python API.
+
+Bad input ends in one line on stderr and exit code 1 (usage errors: 2); set
+``ACTIVEFT_DEBUG=1`` for the full traceback. Ray is started locally on demand, or joined at
+``RAY_ADDRESS`` (which ``ray job submit`` sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ActiveftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an existing output instead of failing on it.")]
+
+
+@app.command()
+def embed(
+    source: Annotated[str, typer.Argument(help="Image directory or prefix (local, s3://, gs://, any fsspec URI), "
+                                               "or a .csv/.parquet manifest with a 'uri' column and optional 'id', "
+                                               "'label' and pass-through columns. For very large pools use a "
+                                               "manifest: listing billions of keys is slow.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Embedding store to write (directory or prefix).")],
+    model: Annotated[str, typer.Option(help="timm model name.")] = "vit_small_patch16_224.dino",
+    pretrained: Annotated[str, typer.Option(help="Weights: 'hub' (timm download), 'none' (random init) or a "
+                                                 ".safetensors/.pth path or URI.")] = "hub",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    image_size: Annotated[Optional[int], typer.Option(help="Override the model's input size.")] = None,
+    num_actors: Annotated[Optional[str], typer.Option(help="Model actors: N, or MIN,MAX to autoscale. Default: one "
+                                                           "per GPU, or one per 4 CPUs.")] = None,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (fractions share a GPU). "
+                                                                 "Default: 1 on GPU clusters.")] = None,
+    partition_size: Annotated[int, typer.Option(help="Images per input partition = rows per output shard "
+                                                     "(the unit of resume).")] = 10_000,
+    dtype: Annotated[str, typer.Option(help="Storage dtype of embeddings: float32 or float16.")] = "float32",
+    max_error_fraction: Annotated[float, typer.Option(help="Fail when more images than this fraction cannot be "
+                                                           "decoded (they are listed in _errors.parquet).")] = 0.01,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+):
+    """Embed images into a Parquet embedding store (Ray Data; resumable).
+
+    Example: activeft embed s3://bucket/images/ --output s3://bucket/stores/pool --pretrained hub
+    """
+    from .embed import embed as run
+
+    store = run(source, output, model=model, pretrained=pretrained, batch_size=batch_size, image_size=image_size,
+                num_actors=num_actors, gpus_per_actor=gpus_per_actor, partition_size=partition_size, dtype=dtype,
+                max_error_fraction=max_error_fraction, resume=resume, overwrite=overwrite)
+    run_ = store.manifest["last_run"]
+    typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}, {store.manifest['errors']} errors; "
+               f"embedded {run_['embedded']} images in {run_['seconds']} s ({run_['images_per_s']} images/s)")
+
+
+@app.command("import-embeddings")
+def import_embeddings(
+    table: Annotated[str, typer.Argument(help="Parquet table with an id and an embedding (list) column, "
+                                              "or a .npy (N, D) matrix.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Embedding store to write.")],
+    ids: Annotated[Optional[str], typer.Option(help="For .npy: ids file (.txt one per line, or a one-column "
+                                                    ".csv/.parquet).")] = None,
+    id_column: Annotated[str, typer.Option(help="Id column of the Parquet table.")] = "id",
+    embedding_column: Annotated[str, typer.Option(help="Embedding column of the Parquet table.")] = "embedding",
+    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize",
+                                            help="L2-normalise the vectors (default); with --no-normalize "
+                                                 "they must already be unit-norm.")] = True,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float32 or float16.")] = "float32",
+    partition_size: Annotated[int, typer.Option(help="Rows per shard.")] = 100_000,
+    overwrite: Overwrite = False,
+):
+    """Write the embedding-store contract from embeddings you already have (CLIP, DINO, ...).
+
+    Example: activeft import-embeddings clip.parquet --output stores/clip --id-column key --embedding-column vec
+    """
+    from .importer import import_embeddings as run
+
+    store = run(table, output, ids=ids, id_column=id_column, embedding_column=embedding_column,
+                normalize=normalize, dtype=dtype, partition_size=partition_size, overwrite=overwrite)
+    typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}")
+
+
+def _user_error(e: BaseException) -> ActiveftError | None:
+    """The ActiveftError behind ``e``, also when Ray wrapped it in a task or worker error."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ActiveftError):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (so redirection and capture work)."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("activeft")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(os.environ.get("ACTIVEFT_LOG_LEVEL", "INFO"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    try:
+        app(args=argv, prog_name="activeft")  # usage errors: typer prints them and exits 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    except KeyboardInterrupt:
+        print("activeft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        user = _user_error(e)
+        if user is None or os.environ.get("ACTIVEFT_DEBUG"):
+            raise
+        print(f"activeft: error: {user}", file=sys.stderr)
+        return 1
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

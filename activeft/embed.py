@@ -1,0 +1,341 @@
+"""The embed stage: images -> resumable Parquet embedding store, on Ray Data.
+
+Pipeline: plan files (``read_parquet``) -> read bytes + decode + timm eval preprocessing on CPU
+tasks -> a ``map_batches`` actor pool running the timm backbone (``num_gpus`` per actor on GPU
+clusters, fp16/bf16 autocast; CPU actors otherwise) -> L2-normalised pooled features ->
+:class:`ShardSink`, one ``part-N.parquet`` per input partition, then ``_errors.parquet`` and,
+last, ``_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data import Datasink
+
+from . import _ray, _shards, metrics, sources, storage
+from .backbone import BackboneSpec, Preprocess, pooled_features
+from .errors import OutputExistsError, ParameterError, StoreError, TooManyErrors, check
+from .store import DTYPES, ERRORS, MANIFEST, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
+
+log = logging.getLogger(__name__)
+RUN = "run.json"
+_BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino", pretrained: str = "hub",
+          batch_size: int = 64, image_size: int | None = None, num_actors: int | tuple[int, int] | None = None,
+          gpus_per_actor: float | None = None, partition_size: int = 10_000, dtype: str = "float32",
+          max_error_fraction: float = 0.01, resume: bool = False, overwrite: bool = False) -> EmbeddingStore:
+    """Embed every image of ``source`` into the embedding store ``output``.
+
+    Parameters
+    ----------
+    source : str
+        A directory or prefix (local, ``s3://``, ``gs://``, any fsspec URI), listed recursively
+        for image files, or a ``.csv`` / ``.parquet`` manifest with a ``uri`` column and optional
+        ``id``, ``label`` and pass-through columns (recommended for very large pools).
+    output : str
+        Store directory or prefix.
+    model, pretrained : str
+        timm model name; weights ``"hub"``, ``"none"`` (random init) or a ``.safetensors`` /
+        ``.pth`` path or URI.
+    batch_size : int, default=64
+        Images per forward pass of an actor.
+    image_size : int, optional
+        Override the model's input size.
+    num_actors : int or (min, max), optional
+        Actor pool size; default: one actor per GPU (per ``gpus_per_actor``), or one CPU actor
+        per 4 CPUs.
+    gpus_per_actor : float, optional
+        GPUs per actor (fractions share a GPU); default 1 on GPU clusters.
+    partition_size : int, default=10000
+        Images per input partition, i.e. rows per output shard and the unit of resume.
+    dtype : {"float32", "float16"}
+        Storage dtype of the embeddings; readers always get float32.
+    max_error_fraction : float, default=0.01
+        Fail (without writing the manifest) when more images than this fraction cannot be decoded.
+    resume, overwrite : bool
+        Continue an existing store (embedding only partitions and new images not yet done), or
+        replace it. Without either, a non-empty ``output`` is an error.
+
+    Returns
+    -------
+    EmbeddingStore
+
+    Examples
+    --------
+    >>> import activeft, numpy as np, tempfile
+    >>> from PIL import Image
+    >>> d = tempfile.mkdtemp()
+    >>> for i in range(4):
+    ...     Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(f"{d}/img{i}.png")
+    >>> store = activeft.embed(d, f"{d}/_store", model="resnet18", pretrained="none",
+    ...                        image_size=32, batch_size=2)  # doctest: +SKIP
+    >>> len(store), store.dim  # doctest: +SKIP
+    (4, 512)
+    """
+    owner = "embed"
+    check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", owner, "an int >= 1", batch_size)
+    check(image_size is None or (isinstance(image_size, int) and image_size >= 8), "image_size", owner,
+          "an int >= 8", image_size)
+    check(isinstance(partition_size, int) and partition_size >= 1, "partition_size", owner, "an int >= 1",
+          partition_size)
+    check(dtype in DTYPES, "dtype", owner, f"one of {', '.join(DTYPES)}", dtype)
+    check(0 <= max_error_fraction <= 1, "max_error_fraction", owner, "a float in [0, 1]", max_error_fraction)
+    check(gpus_per_actor is None or gpus_per_actor > 0, "gpus_per_actor", owner, "a float > 0", gpus_per_actor)
+    check(not (resume and overwrite), "resume", owner, "False when overwrite=True (pick one)", resume)
+    pool = _pool_size(num_actors)
+    start = time.perf_counter()
+    output = str(output).rstrip("/")
+    spec = BackboneSpec(model, pretrained, image_size)
+
+    run = _check_output(output, resume, overwrite)
+    table = sources.read_source(source)
+    net, weights = spec.build()
+    config = spec.data_config(net)
+    dim = int(net.num_features)
+    del net
+    settings = {"backbone": {"model": model, "pretrained": pretrained, "image_size": image_size,
+                             "weights": weights}, "dtype": dtype, "partition_size": partition_size}
+    if run is not None and {k: run.get(k) for k in settings} != settings:
+        raise StoreError(f"store {output} was embedded with {_describe(run)}; this run asks for "
+                         f"{_describe(settings)}; use another --output or --overwrite")
+    if overwrite:  # only now that source and model are known to be good
+        storage.delete(output)
+    storage.check_writable(output)
+    storage.write_json(storage.join(output, WORK, RUN), {**settings, "source": str(source)})
+
+    sizes, new = _plan(output, table, partition_size)
+    columns = ["id", "uri", "embedding"] + [c for c in table.column_names if c not in ("id", "uri")]
+    todo = {p: n for p, n in sizes.items()
+            if not _shards.consolidate(output, p, n, columns)}
+    for p in todo:  # partitions left half-staged by an interrupted run are redone whole
+        storage.delete(_shards.staging_uri(output, p))
+    log.info("embed: %d images in %d partitions; %d new images; %d partitions to embed",
+             sum(sizes.values()), len(sizes), new, len(todo))
+    if todo:
+        _ray.init()
+        _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
+
+    store = _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction,
+                    embedded=sum(todo.values()), seconds=time.perf_counter() - start)
+    return store
+
+
+def _pool_size(num_actors) -> tuple[int, int] | None:
+    if num_actors is None:
+        return None
+    if isinstance(num_actors, str):
+        try:
+            num_actors = tuple(int(x) for x in num_actors.split(","))
+        except ValueError:
+            num_actors = (0,)
+    sizes = (num_actors, num_actors) if isinstance(num_actors, int) else tuple(num_actors)
+    check(len(sizes) == 2 and 1 <= sizes[0] <= sizes[1], "num_actors", "embed",
+          "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", num_actors)
+    return sizes
+
+
+def _describe(settings: dict) -> str:
+    b = settings.get("backbone", {})
+    return (f"model {b.get('model')} (weights {b.get('pretrained')}, image size {b.get('image_size')}), "
+            f"dtype {settings.get('dtype')}, partition size {settings.get('partition_size')}")
+
+
+def _check_output(output: str, resume: bool, overwrite: bool) -> dict | None:
+    """Check what ``output`` holds against resume/overwrite (changing nothing); return the
+    earlier run's settings when resuming."""
+    if storage.is_file(output):
+        raise OutputExistsError(f"output {output} is a file, not a directory")
+    if not storage.has_entries(output):
+        return None
+    if overwrite:
+        if not (storage.exists(storage.join(output, MANIFEST)) or storage.exists(storage.join(output, WORK))):
+            raise OutputExistsError(f"output {output} is not empty and is not an embedding store; "
+                                    "refusing to overwrite it")
+        return None
+    if not resume:
+        raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
+                                "or --overwrite to replace it")
+    if not storage.exists(storage.join(output, WORK, RUN)):
+        raise OutputExistsError(f"output {output} is not empty and was not written by `activeft embed`; "
+                                "cannot resume it")
+    return storage.read_json(storage.join(output, WORK, RUN))
+
+
+def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, int], int]:
+    """Partition sizes of the store, adding partitions for source rows not planned before."""
+    plan_dir = storage.join(output, WORK, "plan")
+    planned = storage.list_files(plan_dir, recursive=False)
+    sizes, known = {}, []
+    for key, uri in planned:
+        if key.startswith("part-"):
+            ids = storage.read_parquet(uri, columns=["id"]).column("id")
+            sizes[int(key[5:10])] = len(ids)
+            known.append(ids)
+    if known:
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), pa.chunked_array(known).combine_chunks())))
+    first = max(sizes, default=-1) + 1
+    for i, lo in enumerate(range(0, table.num_rows, partition_size)):
+        part = table.slice(lo, partition_size)
+        part = part.append_column("partition", pa.array(np.full(part.num_rows, first + i, np.int32)))
+        part = part.append_column("row", pa.array(np.arange(part.num_rows, dtype=np.int32)))
+        storage.write_parquet(_shards.plan_uri(output, first + i), part)
+        sizes[first + i] = part.num_rows
+    return sizes, table.num_rows
+
+
+def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor):
+    import ray
+
+    gpus = _ray.cluster_gpus()
+    if gpus and gpus_per_actor is None:
+        gpus_per_actor = 1.0
+    if gpus_per_actor and not gpus:
+        raise ParameterError(f"--gpus-per-actor {gpus_per_actor} given but the Ray cluster has no GPUs")
+    if pool is None:
+        n = int(gpus // gpus_per_actor) if gpus_per_actor else max(1, int(ray.cluster_resources()["CPU"]) // 4)
+        pool = (max(n, 1), max(n, 1))
+    actor_args = {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1}
+    fs, _ = storage.resolve(output)
+    paths = [storage.resolve(_shards.plan_uri(output, p))[1] for p in sorted(todo)]
+    ds = ray.data.read_parquet(paths, filesystem=fs)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=max(8, batch_size // 2),
+                        fn_kwargs={"config": config}, num_cpus=1)
+    ds = ds.map_batches(Embedder, batch_format="pyarrow", batch_size=batch_size,
+                        fn_constructor_kwargs={"spec": spec, "config": config, "dim": dim, "dtype": dtype},
+                        compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
+                                                           initial_size=pool[1] if gpus_per_actor else pool[0]),
+                        **actor_args)
+    ds.write_datasink(ShardSink(output, todo, columns))
+
+
+@functools.lru_cache(maxsize=4)
+def _preprocess(config_key: tuple) -> Preprocess:
+    return Preprocess(dict(config_key))
+
+
+def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
+    """Read, decode and preprocess each row's image; failures become an ``error`` string."""
+    from PIL import Image
+
+    pre = _preprocess(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+    _, h, w = config["input_size"]
+    uris = batch.column("uri").to_pylist()
+    with ThreadPoolExecutor(8) as pool:  # object-store latency: fetch concurrently, decode serially
+        blobs = list(pool.map(_fetch, uris))
+    images = np.zeros((len(uris), 3 * h * w), np.uint8)
+    errors = []
+    for i, blob in enumerate(blobs):
+        try:
+            if isinstance(blob, Exception):
+                raise blob
+            with Image.open(io.BytesIO(blob)) as img:
+                img.load()
+                images[i] = pre(img).reshape(-1)
+            errors.append("")
+        except Exception as e:  # any unreadable input is recorded, never fatal
+            errors.append(f"{type(e).__name__}: {_BUFFER.sub('', storage._first_line(e))}")
+    bad = sum(1 for e in errors if e)
+    metrics.inc("activeft_decode_errors", bad, stage="embed")
+    image_col = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 3 * h * w)
+    return batch.append_column("image", image_col).append_column("error", pa.array(errors, pa.string()))
+
+
+def _fetch(uri: str):
+    try:
+        return storage.read_bytes(uri)
+    except Exception as e:  # returned, so the decode loop records it for this row only
+        return e
+
+
+class Embedder:
+    """A Ray Data actor holding one backbone; uint8 images in, L2-normalised float32 features out."""
+
+    def __init__(self, spec: BackboneSpec, config: dict, dim: int, dtype: str):
+        import ray
+        import torch
+
+        self.model, _ = spec.build()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+            torch.set_num_threads(max(1, int(cpus)))
+            self.amp = None
+        else:
+            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.model.to(self.device)
+        self.pre = Preprocess(config)
+        self.shape = tuple(config["input_size"])
+        self.dim, self.dtype = dim, dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+        import torch.nn.functional as F
+
+        ok = pc.equal(batch.column("error"), "").to_numpy(zero_copy_only=False)
+        out = np.zeros((batch.num_rows, self.dim), np.float32)
+        if ok.any():
+            flat = batch.column("image").combine_chunks().flatten().to_numpy()
+            x = torch.from_numpy(flat.reshape(-1, *self.shape)[ok]).to(self.device, non_blocking=True)
+            with torch.inference_mode(), torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
+                feats = pooled_features(self.model, self.pre.normalize(x))
+            out[ok] = F.normalize(feats.float(), dim=1).cpu().numpy()
+            metrics.inc("activeft_images_embedded", int(ok.sum()), stage="embed")
+        batch = batch.drop_columns(["image"])
+        return batch.append_column("embedding", embedding_array(out, self.dtype))
+
+
+class ShardSink(Datasink):
+    """Stages embedded rows per partition and writes each shard once its rows are all there."""
+
+    def __init__(self, output: str, sizes: dict[int, int], columns: list[str]):
+        self.output, self.sizes, self.columns = output, sizes, columns
+
+    def write(self, blocks, ctx) -> list[int]:
+        blocks = [b for b in blocks if b.num_rows]
+        if not blocks:
+            return []
+        touched = _shards.stage(self.output, pa.concat_tables(blocks))
+        for p in touched:
+            _shards.consolidate(self.output, p, self.sizes[p], self.columns)
+        return touched
+
+    def on_write_complete(self, write_result) -> None:
+        missing = [p for p, n in self.sizes.items()
+                   if not _shards.consolidate(self.output, p, n, self.columns)]
+        if missing:
+            raise StoreError(f"{len(missing)} partitions of {self.output} were not fully written "
+                             f"(e.g. {shard_name(missing[0])}); rerun with --resume")
+
+
+def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, embedded, seconds):
+    """Gather errors, enforce the error budget, then write the manifest (last)."""
+    error_parts = [storage.read_parquet(u) for k, u in storage.list_files(storage.join(output, WORK, "errors"))
+                   if k.endswith(".parquet")]
+    schema = pa.schema([("id", pa.string()), ("uri", pa.string()), ("error", pa.string())])
+    errors = pa.concat_tables(error_parts).sort_by("id") if error_parts else schema.empty_table()
+    storage.write_parquet(storage.join(output, ERRORS), errors)
+    total = sum(sizes.values())
+    if errors.num_rows > max_error_fraction * total:
+        raise TooManyErrors(f"{errors.num_rows} of {total} images could not be decoded "
+                            f"({errors.num_rows / total:.1%} > max_error_fraction {max_error_fraction:.1%}); "
+                            f"see {storage.join(output, ERRORS)}; the store has no manifest until a rerun "
+                            "with --resume and a higher --max-error-fraction")
+    rate = round(embedded / seconds, 2) if embedded else None
+    store = write_manifest(output, shards=[shard_name(p) for p in sorted(sizes)], dim=dim, dtype=settings["dtype"],
+                           columns=columns, source=source, errors=errors.num_rows, backbone=settings["backbone"],
+                           preprocessing=config, partition_size=settings["partition_size"],
+                           last_run={"embedded": embedded, "seconds": round(seconds, 2), "images_per_s": rate})
+    log.info("embed: %s: %d rows in %d shards, %d errors; embedded %d images in %.1f s (%s images/s)",
+             output, len(store), len(sizes), errors.num_rows, embedded, seconds, rate)
+    return store

@@ -1,0 +1,49 @@
+"""Shared fixtures: one local Ray per test session, a real S3 protocol server (moto) on
+127.0.0.1, and real image files written by the tests."""
+
+import os
+
+# Ray listens on loopback only, without usage reporting; S3 goes to the moto server below.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from images import write_images  # noqa: E402,F401  (re-exported for tests)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL points every client (and Ray worker) at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One local Ray for the whole run (2 CPUs, as CI); started after moto so workers see its endpoint."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A fresh bucket per test: ``s3://<name>``."""
+    import s3fs
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{np.random.randint(1e6)}"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(name)
+    return f"s3://{name}"

@@ -1,0 +1,43 @@
+"""Real image files for tests: PNG and JPEG written with PIL, plus broken ones."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def pattern(i: int, size: int = 40) -> np.ndarray:
+    """A distinct, structured RGB image per ``i`` (stripes and a colour ramp)."""
+    y, x = np.mgrid[:size, :size]
+    r = (x * (i % 7 + 1) * 9) % 256
+    g = (y * (i % 5 + 1) * 13) % 256
+    b = ((x + y) * (i % 3 + 1) * 5 + 17 * i) % 256
+    return np.stack([r, g, b], -1).astype(np.uint8)
+
+
+def write_images(folder, n: int, start: int = 0, size: int = 40) -> list[str]:
+    """Write ``n`` images (alternating PNG / JPEG, some in a sub-folder); return their ids."""
+    ids = []
+    for i in range(start, start + n):
+        ext = "png" if i % 2 == 0 else "jpg"
+        key = f"{'sub/' if i % 4 == 3 else ''}img{i:04d}.{ext}"
+        path = os.path.join(folder, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(pattern(i, size)).save(path)
+        ids.append(key)
+    return ids
+
+
+def write_broken(folder) -> list[str]:
+    """A corrupt PNG, a truncated JPEG and a text file named .jpg; return their ids."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "corrupt.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    good = os.path.join(folder, "truncated.jpg")
+    Image.fromarray(pattern(99, 64)).save(good, quality=95)
+    data = open(good, "rb").read()
+    with open(good, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with open(os.path.join(folder, "notes.jpg"), "w") as f:
+        f.write("this is not an image\n")
+    return ["corrupt.png", "notes.jpg", "truncated.jpg"]

@@ -1,0 +1,258 @@
+"""The embed stage on real image files, local and through a real S3 protocol server."""
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import torch
+from images import pattern, write_broken, write_images
+from PIL import Image
+
+import activeft
+from activeft import storage
+from activeft.backbone import BackboneSpec, Preprocess, pooled_features
+from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
+TINY = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8)
+
+
+def direct_embeddings(folder, ids, spec=BackboneSpec("resnet18", "none", 32)):
+    """The reference: timm's own eval transform and forward, in this process, one image at a time."""
+    model, _ = spec.build()
+    pre = Preprocess(spec.data_config(model))
+    out = []
+    for i in ids:
+        with Image.open(os.path.join(folder, i)) as img:
+            x = torch.from_numpy(pre(img))[None]
+        with torch.inference_mode():
+            out.append(torch.nn.functional.normalize(pooled_features(model, pre.normalize(x)), dim=1)[0].numpy())
+    return np.stack(out)
+
+
+def test_local_folder_with_broken_files(tmp_path):
+    src = tmp_path / "imgs"
+    ids = write_images(src, 20)
+    broken = write_broken(src)
+    (src / "readme.txt").write_text("not listed: not an image extension")
+    store = activeft.embed(str(src), str(tmp_path / "store"), partition_size=8, max_error_fraction=0.2, **TINY)
+
+    assert sorted(store.ids()) == sorted(ids)
+    assert store.manifest["rows"] == 20 and store.manifest["errors"] == 3
+    assert [s["name"] for s in store.manifest["shards"]] == ["part-00000.parquet", "part-00001.parquet",
+                                                           "part-00002.parquet"]
+    errors = pq.read_table(tmp_path / "store" / "_errors.parquet").to_pylist()
+    assert [e["id"] for e in errors] == broken
+    assert all(e["error"] and "0x" not in e["error"] for e in errors)
+    schema = pq.read_schema(tmp_path / "store" / "part-00000.parquet")
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    assert schema.field("id").type == pa.string()
+    b = store.manifest["backbone"]
+    assert (b["model"], b["weights"]["pretrained"], store.manifest["preprocessing"]["input_size"]) == \
+        ("resnet18", "none", [3, 32, 32])
+
+    x = store.embeddings()
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    reference = direct_embeddings(src, store.ids())
+    assert np.abs(x - reference).max() < 1e-4
+
+
+def test_vit_cls_embeddings_equal_direct_forward(tmp_path):
+    src = tmp_path / "imgs"
+    ids = write_images(src, 6)
+    spec = BackboneSpec("vit_tiny_patch16_224", "none", 32)
+    store = activeft.embed(str(src), str(tmp_path / "store"), model=spec.model, pretrained="none", image_size=32,
+                           batch_size=4)
+    assert store.dim == 192
+    assert np.abs(store.embeddings() - direct_embeddings(src, store.ids(), spec)).max() < 1e-4
+    assert sorted(store.ids()) == sorted(ids)
+
+
+def test_weights_file_safetensors_and_pth(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "imgs"
+    write_images(src, 4)
+    torch.manual_seed(123)
+    import timm
+
+    trained = timm.create_model("resnet18", num_classes=10)  # head included, as a finetuned checkpoint has
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "w.pth")
+    spec = BackboneSpec("resnet18", str(tmp_path / "w.safetensors"), 32)
+    store = activeft.embed(str(src), str(tmp_path / "store"), model="resnet18",
+                           pretrained=str(tmp_path / "w.safetensors"), image_size=32, batch_size=4)
+    assert np.abs(store.embeddings() - direct_embeddings(src, store.ids(), spec)).max() < 1e-4
+    assert len(store.manifest["backbone"]["weights"]["sha256"]) == 64
+    model, record = BackboneSpec("resnet18", str(tmp_path / "w.pth"), 32).build()
+    assert torch.equal(model.conv1.weight, trained.conv1.weight) and record["pretrained"].endswith("w.pth")
+
+    torch.save(timm.create_model("resnet34").state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(ModelError, match="do not fit ResNet: .* missing keys"):
+        BackboneSpec("resnet18", str(tmp_path / "wrong.pth")).build()
+
+
+def test_s3_prefix_and_manifest_match_local(tmp_path, bucket):
+    src = tmp_path / "imgs"
+    ids = write_images(src, 10)
+    fs = s3fs.S3FileSystem()
+    fs.put(str(src) + "/", f"{bucket}/pool/", recursive=True)
+    local = activeft.embed(str(src), str(tmp_path / "local"), partition_size=4, **TINY)
+    remote = activeft.embed(f"{bucket}/pool/", f"{bucket}/store", partition_size=4, **TINY)
+    assert remote.ids() == local.ids() == sorted(ids)
+    np.testing.assert_allclose(remote.embeddings(), local.embeddings(), atol=1e-5)
+    assert fs.exists(f"{bucket}/store/_manifest.json") and fs.exists(f"{bucket}/store/part-00002.parquet")
+
+    # a manifest with ids, labels and a pass-through column, itself on S3, with relative uris
+    rows = [(f"im-{i}", f"pool/{k}", i % 3, f"cam{i % 2}") for i, k in enumerate(ids)]
+    csv = "id,uri,label,camera\n" + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in rows)
+    fs.pipe(f"{bucket}/manifest.csv", csv.encode())
+    store = activeft.embed(f"{bucket}/manifest.csv", f"{bucket}/labeled", **TINY)
+    table = store.read()
+    assert table.column_names == ["id", "uri", "embedding", "label", "camera"]
+    got = {r["id"]: (r["label"], r["camera"], r["uri"]) for r in table.to_pylist()}
+    assert got == {a: (c, d, f"{bucket}/{b}") for a, b, c, d in rows}
+    by_uri = dict(zip(local.read(columns=["id"]).column("id").to_pylist(), local.embeddings()))
+    for r, x in zip(table.to_pylist(), store.embeddings()):
+        np.testing.assert_allclose(x, by_uri[r["uri"].split("/pool/")[1]], atol=1e-5)
+
+
+def test_resume_after_interruption_equals_clean_run(tmp_path):
+    src = tmp_path / "imgs"
+    write_images(src, 14)
+    out = tmp_path / "store"
+    clean = activeft.embed(str(src), str(tmp_path / "clean"), partition_size=4, **TINY)
+    activeft.embed(str(src), str(out), partition_size=4, **TINY)
+    # interrupt: the manifest never got written, one shard never finished, another was half staged
+    os.remove(out / "_manifest.json")
+    os.remove(out / "part-00001.parquet")
+    os.remove(out / "part-00003.parquet")
+    staging = out / "_work" / "staging" / "part-00003"
+    staging.mkdir(parents=True)
+    pq.write_table(pq.read_table(out / "_work" / "plan" / "part-00003.parquet").slice(0, 1), staging / "000000000-000000000.parquet")
+    with pytest.raises(StoreError, match="incomplete"):
+        activeft.EmbeddingStore(str(out))
+    with pytest.raises(OutputExistsError, match="--resume"):
+        activeft.embed(str(src), str(out), partition_size=4, **TINY)
+
+    resumed = activeft.embed(str(src), str(out), partition_size=4, resume=True, **TINY)
+    assert resumed.manifest["last_run"]["embedded"] == 4 + 2  # partitions 1 (4 rows) and 3 (2 rows) only
+    assert resumed.ids() == clean.ids() and len(set(resumed.ids())) == 14
+    np.testing.assert_allclose(resumed.embeddings(), clean.embeddings(), atol=1e-5)
+    assert not os.listdir(out / "_work" / "staging")
+
+    # the scheduled case: new images appear; --resume embeds only them, into a new partition
+    write_images(src, 3, start=100)
+    grown = activeft.embed(str(src), str(out), partition_size=4, resume=True, **TINY)
+    assert grown.manifest["last_run"]["embedded"] == 3 and len(grown) == 17
+    assert grown.manifest["shards"][-1]["name"] == "part-00004.parquet"
+    assert grown.ids()[:14] == clean.ids()
+
+    with pytest.raises(StoreError, match="was embedded with model resnet18"):
+        activeft.embed(str(src), str(out), partition_size=4, resume=True, **{**TINY, "image_size": 48})
+
+
+def test_too_many_errors_fails_without_manifest(tmp_path):
+    src = tmp_path / "imgs"
+    write_images(src, 5)
+    write_broken(src)
+    with pytest.raises(TooManyErrors, match=r"3 of 8 images could not be decoded \(37.5% > max_error_fraction"):
+        activeft.embed(str(src), str(tmp_path / "store"), **TINY)
+    assert not (tmp_path / "store" / "_manifest.json").exists()
+    assert (tmp_path / "store" / "part-00000.parquet").exists()  # finished work is kept
+    store = activeft.embed(str(src), str(tmp_path / "store"), resume=True, max_error_fraction=0.5, **TINY)
+    assert len(store) == 5 and store.manifest["last_run"]["embedded"] == 0
+
+
+def test_bad_inputs_one_line_each(tmp_path, capsys):
+    from activeft.cli import main
+
+    src = tmp_path / "imgs"
+    write_images(src, 2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_uri.csv").write_text("id,path\na,b.png\n")
+    (tmp_path / "dupes.csv").write_text(f"id,uri\na,{src}/img0000.png\na,{src}/img0001.jpg\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("precious")
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    out = str(tmp_path / "out")
+    cases = [
+        ([str(tmp_path / "missing"), "-o", out], "source .*missing does not exist"),
+        ([str(tmp_path / "empty"), "-o", out], "has no images"),
+        ([str(tmp_path / "no_uri.csv"), "-o", out], "has no 'uri' column"),
+        ([str(tmp_path / "dupes.csv"), "-o", out], "1 duplicate ids \\(e.g. 'a'\\)"),
+        ([str(src), "-o", out, "--model", "resnet_18"], "unknown timm model 'resnet_18'.*did you mean 'resnet18'"),
+        ([str(src), "-o", str(tmp_path / "full"), "--pretrained", "none"], "is not empty; pass --resume"),
+        ([str(src), "-o", str(tmp_path / "full"), "--overwrite"], "not an embedding store; refusing"),
+        ([str(src), "-o", out, "--pretrained", str(tmp_path / "nope.pth")], "weights file .*nope.pth does not exist"),
+        ([str(src), "-o", out, "--batch-size", "0"], "'batch_size' parameter of embed must be an int >= 1"),
+        ([str(src), "-o", out, "--num-actors", "3,1"], "'num_actors' parameter"),
+    ]
+    if os.geteuid() != 0:  # root can write anywhere
+        cases.append(([str(src), "-o", str(tmp_path / "ro" / "store"), "--pretrained", "none"], "is not writable"))
+    import re
+
+    for argv, pattern_ in cases:
+        assert main(["embed", *argv]) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        assert re.search(pattern_, err), (pattern_, err)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "precious"
+    assert not os.path.exists(out)
+
+
+def test_cli_embed_prints_summary(tmp_path, capsys):
+    from activeft.cli import main
+
+    src = tmp_path / "imgs"
+    write_images(src, 3)
+    assert main(["embed", str(src), "-o", str(tmp_path / "s"), "--model", "resnet18", "--pretrained", "none",
+                 "--image-size", "32", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "3 rows, dim 512, 0 errors; embedded 3 images in" in out
+    store = activeft.EmbeddingStore(str(tmp_path / "s"))
+    assert pq.read_schema(tmp_path / "s" / "part-00000.parquet").field("embedding").type == \
+        pa.list_(pa.float16(), 512)
+    assert store.embeddings().dtype == np.float32
+
+
+def test_import_embeddings(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    table = pa.table({"key": [f"k{i}" for i in range(7)], "vec": [list(map(float, r)) for r in x],
+                      "label": [i % 2 for i in range(7)]})
+    pq.write_table(table, tmp_path / "emb.parquet")
+    store = activeft.import_embeddings(str(tmp_path / "emb.parquet"), str(tmp_path / "s"), id_column="key",
+                                       embedding_column="vec", partition_size=3)
+    assert store.ids() == [f"k{i}" for i in range(7)] and len(store.manifest["shards"]) == 3
+    np.testing.assert_allclose(store.embeddings(), x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+    assert store.read(columns=["label"]).column("label").to_pylist() == [i % 2 for i in range(7)]
+    assert store.read(2, 5, ["id"]).column("id").to_pylist() == ["k2", "k3", "k4"]
+
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "ids.txt").write_text("\n".join(f"n{i}" for i in range(7)))
+    npy = activeft.import_embeddings(str(tmp_path / "x.npy"), str(tmp_path / "n"), ids=str(tmp_path / "ids.txt"))
+    np.testing.assert_allclose(npy.embeddings(), store.embeddings())
+
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(SourceError, match="1 embeddings contain NaN or inf \\(first: id 'n4'\\)"):
+        activeft.import_embeddings(str(tmp_path / "nan.npy"), str(tmp_path / "o1"), ids=str(tmp_path / "ids.txt"))
+    (tmp_path / "dup.txt").write_text("a\nb\na\nc\nd\ne\nf")
+    with pytest.raises(SourceError, match="1 duplicate ids \\(e.g. 'a'\\)"):
+        activeft.import_embeddings(str(tmp_path / "x.npy"), str(tmp_path / "o2"), ids=str(tmp_path / "dup.txt"))
+    pq.write_table(pa.table({"id": ["a", "b"], "embedding": [[1.0, 0.0], [1.0, 0.0, 0.0]]}), tmp_path / "mixed.parquet")
+    with pytest.raises(StoreError, match="mixed lengths"):
+        activeft.import_embeddings(str(tmp_path / "mixed.parquet"), str(tmp_path / "o3"))
+    with pytest.raises(SourceError, match="has no column 'emb'"):
+        activeft.import_embeddings(str(tmp_path / "emb.parquet"), str(tmp_path / "o4"), embedding_column="emb")
+    with pytest.raises(OutputExistsError):
+        activeft.import_embeddings(str(tmp_path / "x.npy"), str(tmp_path / "n"), ids=str(tmp_path / "ids.txt"))
+    for o in ("o1", "o2", "o3", "o4"):
+        assert not (tmp_path / o / "_manifest.json").exists()
