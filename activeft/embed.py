@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,16 +133,20 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
 
 
 def _pool_size(num_actors) -> tuple[int, int] | None:
+    """``N`` / ``"N"`` -> (N, N); ``(MIN, MAX)`` / ``"MIN,MAX"`` -> (MIN, MAX)."""
     if num_actors is None:
         return None
+    given = num_actors
     if isinstance(num_actors, str):
         try:
             num_actors = tuple(int(x) for x in num_actors.split(","))
         except ValueError:
-            num_actors = (0,)
-    sizes = (num_actors, num_actors) if isinstance(num_actors, int) else tuple(num_actors)
-    check(len(sizes) == 2 and 1 <= sizes[0] <= sizes[1], "num_actors", "embed",
-          "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", num_actors)
+            num_actors = ()
+    if isinstance(num_actors, int):
+        num_actors = (num_actors,)
+    sizes = tuple(num_actors) * (2 if len(num_actors) == 1 else 1)
+    check(len(sizes) == 2 and all(isinstance(v, int) for v in sizes) and 1 <= sizes[0] <= sizes[1],
+          "num_actors", "embed", "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", given)
     return sizes
 
 
@@ -197,14 +202,21 @@ def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, 
 def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor):
     import ray
 
-    gpus = _ray.cluster_gpus()
+    gpus, cpus = _ray.cluster_gpus(), float(ray.cluster_resources().get("CPU", 1))
     if gpus and gpus_per_actor is None:
         gpus_per_actor = 1.0
     if gpus_per_actor and not gpus:
         raise ParameterError(f"--gpus-per-actor {gpus_per_actor} given but the Ray cluster has no GPUs")
     if pool is None:
-        n = int(gpus // gpus_per_actor) if gpus_per_actor else max(1, int(ray.cluster_resources()["CPU"]) // 4)
+        n = int(gpus // gpus_per_actor) if gpus_per_actor else int(cpus) // 4
         pool = (max(n, 1), max(n, 1))
+    if not gpus_per_actor and pool[0] >= cpus:
+        raise ParameterError(f"--num-actors {pool[0]} CPU actors would take all {cpus:g} CPUs of the cluster and "
+                             "leave none for the read and write tasks (the job would hang); use fewer actors")
+    # CPU actors reserve one CPU each (read/write tasks always find one) and use the CPUs the
+    # pool leaves idle as torch threads: decode is fused into the actor, so one core per actor
+    # would sit mostly idle. GPU actors keep torch's default.
+    threads = None if gpus_per_actor else max(1, int(cpus) // pool[1])
     actor_args = {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1}
     fs, _ = storage.resolve(output)
     paths = [storage.resolve(_shards.plan_uri(output, p))[1] for p in sorted(todo)]
@@ -212,7 +224,8 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=max(8, batch_size // 2),
                         fn_kwargs={"config": config}, num_cpus=1)
     ds = ds.map_batches(Embedder, batch_format="pyarrow", batch_size=batch_size,
-                        fn_constructor_kwargs={"spec": spec, "config": config, "dim": dim, "dtype": dtype},
+                        fn_constructor_kwargs={"spec": spec, "config": config, "dim": dim, "dtype": dtype,
+                                               "threads": threads},
                         compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
                                                            initial_size=pool[1] if gpus_per_actor else pool[0]),
                         **actor_args)
@@ -261,18 +274,16 @@ def _fetch(uri: str):
 class Embedder:
     """A Ray Data actor holding one backbone; uint8 images in, L2-normalised float32 features out."""
 
-    def __init__(self, spec: BackboneSpec, config: dict, dim: int, dtype: str):
-        import ray
+    def __init__(self, spec: BackboneSpec, config: dict, dim: int, dtype: str, threads: int | None = None):
         import torch
 
         self.model, _ = spec.build()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(cpus)))
-            self.amp = None
-        else:
+        self.amp = None
+        if self.device.type == "cuda":
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif threads:
+            torch.set_num_threads(min(threads, os.cpu_count() or threads))
         self.model.to(self.device)
         self.pre = Preprocess(config)
         self.shape = tuple(config["input_size"])
