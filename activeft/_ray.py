@@ -16,9 +16,9 @@ def init() -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True)
-    log.info("Ray: %s (%s)", "cluster at " + address if address else "local instance",
-             ", ".join(f"{k}={v:g}" for k, v in sorted(ray.cluster_resources().items())
-                       if k in ("CPU", "GPU", "memory")))
+    res = ray.cluster_resources()
+    log.info("Ray: %s with %g CPUs, %g GPUs, %.1f GiB memory", "cluster at " + address if address else
+             "local instance", res.get("CPU", 0), res.get("GPU", 0), res.get("memory", 0) / 2**30)
 
 
 def cluster_gpus() -> float:

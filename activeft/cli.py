@@ -88,6 +88,20 @@ def import_embeddings(
     typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}")
 
 
+@app.command("demo-data")
+def demo_data(
+    folder: Annotated[str, typer.Argument(help="Folder to write the PNG files into.")] = "data/digits",
+    size: Annotated[int, typer.Option(help="Side of the upscaled PNGs in pixels.")] = 32,
+):
+    """Write a small real image set for trying activeft: scikit-learn's 1,797 handwritten digits as PNGs.
+
+    Needs scikit-learn (pip install "activeft[demo]"). Also writes FOLDER/_manifest.csv with the labels.
+    """
+    from .demo import write_digits
+
+    typer.echo(f"{folder}: {write_digits(folder, size)} images")
+
+
 def _user_error(e: BaseException) -> ActiveftError | None:
     """The ActiveftError behind ``e``, also when Ray wrapped it in a task or worker error."""
     seen = set()

@@ -251,7 +251,8 @@ def test_import_embeddings(tmp_path):
     with pytest.raises(StoreError, match="mixed lengths"):
         activeft.import_embeddings(str(tmp_path / "mixed.parquet"), str(tmp_path / "o3"))
     with pytest.raises(SourceError, match="has no column 'emb'"):
-        activeft.import_embeddings(str(tmp_path / "emb.parquet"), str(tmp_path / "o4"), embedding_column="emb")
+        activeft.import_embeddings(str(tmp_path / "emb.parquet"), str(tmp_path / "o4"), id_column="key",
+                                   embedding_column="emb")
     with pytest.raises(OutputExistsError):
         activeft.import_embeddings(str(tmp_path / "x.npy"), str(tmp_path / "n"), ids=str(tmp_path / "ids.txt"))
     for o in ("o1", "o2", "o3", "o4"):
