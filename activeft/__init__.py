@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .embed import embed  # noqa: E402
 from .importer import import_embeddings  # noqa: E402
+from .select import Selection, list_selectors, read_selection, select  # noqa: E402
 from .store import EmbeddingStore  # noqa: E402
 
-__all__ = ["embed", "import_embeddings", "EmbeddingStore"]
+__all__ = ["embed", "import_embeddings", "select", "list_selectors", "EmbeddingStore"]

@@ -88,6 +88,46 @@ def import_embeddings(
     typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}")
 
 
+@app.command()
+def select(
+    store: Annotated[str, typer.Argument(help="Embedding store (from `activeft embed` or `import-embeddings`).")],
+    budget: Annotated[str, typer.Option(help="Samples to select: a count, or a fraction of the pool ('1%', '0.01').")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Selection directory to write.")],
+    method: Annotated[str, typer.Option(help="activeft, kmeans, fds or random.")] = "activeft",
+    num_workers: Annotated[int, typer.Option(help="Ray Train workers, each holding a slice of the pool "
+                                                  "(1: in this process).")] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Run on GPUs (nccl between workers).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (init, mini-batches, random baseline).")] = 0,
+    iterations: Annotated[Optional[int], typer.Option(help="activeft: optimisation steps (default 300); "
+                                                           "kmeans: max Lloyd iterations (default 100).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="activeft: pool rows per step (default: all; the "
+                                                           "official ImageNet script uses 100000).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="activeft: temperature tau (default 0.07).")] = None,
+    balance: Annotated[Optional[float], typer.Option(help="activeft: diversity weight lambda (default 1).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="activeft: Adam learning rate (default 1e-3).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="activeft: random (default), fps or kmeans++; "
+                                                     "kmeans: kmeans++ (default) or random.")] = None,
+    exclude: Annotated[Optional[str], typer.Option(help="Table (.csv/.parquet, 'id' column) of already-labeled "
+                                                        "ids: never selected; fixed centroids for activeft.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Iterations between optimiser checkpoints.")] = 25,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+):
+    """Select the samples worth labeling (ActiveFT, k-means, FDS or random), sharded over Ray Train workers.
+
+    Example: activeft select stores/pool --budget 1% --output sel/activeft --num-workers 8 --use-gpu
+    """
+    from .select import select as run
+
+    params = {k: v for k, v in dict(iterations=iterations, batch_size=batch_size, temperature=temperature,
+                                    balance=balance, lr=lr, init=init).items() if v is not None}
+    sel = run(store, budget, output=output, method=method, num_workers=num_workers, use_gpu=use_gpu, seed=seed,
+              exclude=exclude, resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, **params)
+    info = sel.info
+    typer.echo(f"{output}: {len(sel)} of {info['pool_size']} selected by {method} in {info['seconds_total']} s; "
+               f"coverage {info['coverage']:.4f} (random: {info['coverage_random']:.4f})")
+
+
 @app.command("demo-data")
 def demo_data(
     folder: Annotated[str, typer.Argument(help="Folder to write the PNG files into.")] = "data/digits",

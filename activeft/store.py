@@ -54,7 +54,7 @@ def embedding_matrix(column) -> np.ndarray:
             raise StoreError(f"embeddings have mixed lengths {sorted(set(lengths.tolist()))[:5]}")
         dim = int(lengths[0]) if n else 0
     values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(n, dim)
+    return np.array(values, dtype=np.float32).reshape(n, dim)  # a writable copy, not a view of Arrow memory
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -152,6 +152,22 @@ class EmbeddingStore:
             raise StoreError(f"store {self.uri} has {int(bad.sum())} embeddings with NaN/inf "
                              f"(first: id {table.column('id')[i].as_py()!r})")
         return x
+
+    def take(self, rows, columns: list[str] | None = None) -> pa.Table:
+        """Global ``rows`` (in that order), reading only the shards that hold them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise StoreError(f"row {int(rows.max())} out of range for store {self.uri} ({len(self)} rows)")
+        columns = columns or self.columns
+        order = np.argsort(rows, kind="stable")
+        shard_of = np.searchsorted(self._offsets, rows[order], side="right") - 1
+        parts = []
+        for i in np.unique(shard_of):
+            local = rows[order][shard_of == i] - self._offsets[i]
+            parts.append(self._read_shard(int(i), columns).take(pa.array(local)))
+        if not parts:
+            return self.read(0, 0, columns)
+        return pa.concat_tables(parts).take(pa.array(np.argsort(order, kind="stable")))
 
     def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
         return self.read(start, stop, ["id"]).column("id").to_pylist()

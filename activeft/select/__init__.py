@@ -1,0 +1,237 @@
+"""The select stage: choose the ``budget`` pool samples worth labeling.
+
+Methods (registered in :mod:`._registry`): ``activeft`` (Xie et al., CVPR 2023), ``kmeans``,
+``fds`` (k-center greedy) and ``random``, all on the same sharded engine and output format.
+
+Output (a directory or prefix): ``selection.parquet`` (``id``, ``uri``, ``rank``, ``method`` and
+per-method columns such as ``centroid``), ``selection.csv`` (``id,uri`` for annotators) and,
+written last, ``selection.json`` (config, budget, pool size, loss / inertia history, timings,
+coverage).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .. import __version__, storage
+from ..errors import ActiveftError, OutputExistsError, ParameterError, StoreError, check
+from ..store import EmbeddingStore
+from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
+from ._engine import all_sum, generator, nearest, sample_rows
+from ._registry import Selector, get_selector, list_selectors
+from ._run import run
+
+log = logging.getLogger(__name__)
+SELECTION = "selection.json"
+
+__all__ = ["select", "Selection", "read_selection", "list_selectors", "get_selector", "resolve_budget"]
+
+
+@dataclass
+class Selection:
+    """A finished selection: the chosen ``ids`` (in rank order), the ``table`` written to
+    ``selection.parquet`` and the ``info`` written to ``selection.json``."""
+
+    ids: list[str]
+    table: pa.Table
+    info: dict
+    uri: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def resolve_budget(budget, pool: int) -> int:
+    """An int count, or a fraction of the pool (``"1%"``, ``"0.01"``, ``0.01``), rounded down as the
+    official code does (``int(N * percent * 0.01)``)."""
+    text = str(budget).strip()
+    try:
+        if text.endswith("%"):
+            value = int(pool * float(text[:-1]) / 100)
+        elif re.fullmatch(r"\d+", text):
+            value = int(text)
+        elif 0 < float(text) < 1:
+            value = int(pool * float(text))
+        else:
+            value = -1
+    except ValueError:
+        value = -1
+    check(value >= 1, "budget", "select", "a count >= 1 or a fraction of the pool ('1%', '0.01') giving >= 1 sample",
+          budget)
+    return value
+
+
+def select(store, budget, *, output: str | None = None, method: str = "activeft", num_workers: int = 1,
+           use_gpu: bool = False, seed: int = 0, exclude=None, resume: bool = False, overwrite: bool = False,
+           checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
+    """Select ``budget`` samples of an embedding store to label.
+
+    Parameters
+    ----------
+    store : str or EmbeddingStore
+    budget : int or str
+        A count, or a fraction of the pool: ``"1%"``, ``"0.01"`` or ``0.01``.
+    output : str, optional
+        Directory or prefix for ``selection.parquet/.csv/.json``; nothing is written without it.
+    method : str, default="activeft"
+        One of :func:`list_selectors`. Method parameters (e.g. ``iterations``, ``temperature``,
+        ``balance``, ``lr``, ``batch_size``, ``init``) are keyword arguments.
+    num_workers : int, default=1
+        1 runs in this process; more run on a Ray Train worker group, each holding a slice of the
+        rows. The same seed gives the same selection for any number of workers.
+    use_gpu : bool
+        Run on GPUs (nccl between workers).
+    seed : int
+    exclude : str or list of str, optional
+        Ids already labeled (a ``.csv``/``.parquet`` table with an ``id`` column, or a list): never
+        selected; ActiveFT keeps them as fixed centroids the new ones stay diverse from.
+    resume, overwrite : bool
+        Continue a stopped run in ``output`` (from its last checkpoint), or replace the output.
+    checkpoint_every : int, default=25
+        Iterations between checkpoints of the optimiser state (0: never).
+
+    Examples
+    --------
+    >>> import activeft, numpy as np, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> x = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
+    >>> np.save(f"{d}/x.npy", x)
+    >>> _ = open(f"{d}/ids.txt", "w").write("\\n".join(f"img{i}" for i in range(200)))
+    >>> store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
+    >>> sel = activeft.select(store, budget="5%", method="activeft", iterations=50, output=f"{d}/sel")
+    >>> len(sel), len(set(sel.ids)), sel.table.column_names[:4]
+    (10, 10, ['id', 'uri', 'rank', 'method'])
+    """
+    start = time.perf_counter()
+    selector = get_selector(method)(seed=seed, **params)
+    check(isinstance(num_workers, int) and num_workers >= 1, "num_workers", "select", "an int >= 1", num_workers)
+    check(isinstance(checkpoint_every, int) and checkpoint_every >= 0, "checkpoint_every", "select", "an int >= 0",
+          checkpoint_every)
+    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
+    exclude_rows = np.sort(store.rows_of(exclude_ids, "excluded ids")) if exclude_ids else np.zeros(0, np.int64)
+    budget = resolve_budget(budget, len(store))
+    available = len(store) - len(exclude_rows)
+    if budget > available:
+        raise ParameterError(f"budget {budget} is larger than the pool of {len(store)} rows"
+                             + (f" minus {len(exclude_rows)} excluded" if len(exclude_rows) else ""))
+    config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
+              "num_workers": num_workers}
+    fresh = output is not None and not storage.has_entries(output)
+    work = _prepare_output(output, config, resume, overwrite) if output else None
+    if output and storage.exists(storage.join(output, SELECTION)):  # resumed a finished run
+        return read_selection(output)
+
+    import torch
+
+    job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
+    try:
+        result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
+                     checkpoint_every=checkpoint_every, fail_at=_fail_at)
+    except ActiveftError:
+        if fresh:  # bad input found while loading (NaN, mixed dims): leave nothing behind
+            storage.delete(output)
+        raise
+    rows = np.asarray(result["rows"], dtype=np.int64)
+    table = store.take(rows, [c for c in ("id", "uri") if c in store.columns])
+    table = table.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))
+    table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
+    for name, values in result["columns"].items():
+        table = table.append_column(name, pa.array(values))
+    info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config, "budget": budget, "pool_size": len(store), "excluded": len(exclude_rows),
+            "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
+            **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
+    selection = Selection(table.column("id").to_pylist(), table, info, output)
+    if output:
+        _write(output, selection)
+    log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
+             info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
+    return selection
+
+
+def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoints) -> dict:
+    """Runs on every worker: fit, then the coverage of the selection and of a random one."""
+    t0 = time.perf_counter()
+    result = selector.fit(pool, comm, budget, exclude, checkpoints)
+    seconds = time.perf_counter() - t0
+    rows = np.asarray(result.rows, dtype=np.int64)
+    if len(rows) != budget or len(set(rows.tolist())) != budget:
+        raise RuntimeError(f"{selector.name} returned {len(set(rows.tolist()))} distinct rows, not {budget}")
+    random_rows = sample_rows(pool.size, budget, generator(selector.seed + 1), exclude)
+    return {"rows": rows.tolist(),
+            "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
+            "info": {**result.info, "seconds_select": round(seconds, 3),
+                     "coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}}
+
+
+def coverage(pool, comm, rows) -> float:
+    """Mean cosine similarity of every pool row to its nearest row in ``rows``."""
+    import torch
+
+    feats = pool.gather_rows(torch.as_tensor(rows, dtype=torch.long), comm)
+    _, sim = nearest(pool.x, feats, "ip")
+    return all_sum(float(sim.double().sum()), comm, pool.device) / pool.size
+
+
+def read_ids(source, what: str) -> list[str]:
+    """Ids from a ``.csv``/``.parquet`` table with an ``id`` column, or from a list; duplicates dropped."""
+    if isinstance(source, (list, tuple, np.ndarray)):
+        ids = [str(i) for i in source]
+    else:
+        table = storage.read_table(str(source))
+        if "id" not in table.column_names:
+            raise ParameterError(f"{what} table {source} has no 'id' column (columns: {', '.join(table.column_names)})")
+        ids = [str(i) for i in table.column("id").to_pylist() if i is not None]
+    return list(dict.fromkeys(ids))
+
+
+def _prepare_output(output: str, config: dict, resume: bool, overwrite: bool) -> str:
+    work = storage.join(output, "_work", "select")
+    cfg_uri = storage.join(output, "_work", "config.json")
+    if storage.has_entries(output):
+        ours = storage.exists(cfg_uri) or storage.exists(storage.join(output, SELECTION))
+        if overwrite:
+            if not ours:
+                raise OutputExistsError(f"output {output} is not empty and is not a selection; refusing to overwrite it")
+            storage.delete(output)
+        elif resume:
+            if not storage.exists(cfg_uri):
+                raise OutputExistsError(f"output {output} has no run to resume")
+            before = storage.read_json(cfg_uri)
+            if before != config:
+                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+                raise OutputExistsError(f"output {output} was started with a different config "
+                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)}); "
+                                        "use another --output or --overwrite")
+        else:
+            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
+                                    "or --overwrite to replace it")
+    storage.check_writable(output)
+    storage.write_json(cfg_uri, config)
+    return work
+
+
+def _write(output: str, selection: Selection) -> None:
+    import pyarrow.csv as pacsv
+
+    storage.write_parquet(storage.join(output, "selection.parquet"), selection.table)
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(selection.table.select([c for c in ("id", "uri") if c in selection.table.column_names]), buf)
+    storage.write_bytes(storage.join(output, "selection.csv"), buf.getvalue().to_pybytes())
+    storage.write_json(storage.join(output, SELECTION), selection.info)
+
+
+def read_selection(uri: str) -> Selection:
+    """Open a finished selection directory."""
+    if not storage.exists(storage.join(uri, SELECTION)):
+        raise StoreError(f"{uri} is not a finished selection (no {SELECTION}); run `activeft select` first")
+    table = storage.read_parquet(storage.join(uri, "selection.parquet"))
+    return Selection(table.column("id").to_pylist(), table, storage.read_json(storage.join(uri, SELECTION)), uri)

@@ -1,0 +1,165 @@
+"""ActiveFT (Xie et al., CVPR 2023, arXiv 2303.14382), faithful to the official code.
+
+Official code: github.com/yichen928/ActiveFT, ``data_selection/sample_tools/ActiveFT_CIFAR.py``
+(``SampleModel.get_loss``, ``optimize_dist``) and ``ActiveFT_ImageNet.py`` (mini-batches).
+B centroids theta (raw parameters, re-normalised in every forward: c = theta / |theta|) start
+at B random pool features (or FPS / k-means++ seeds). Each step, every sample f_i (unit norm)
+is assigned to its most similar centroid c_i, and the loss is::
+
+    L = -(1/N) sum_i log[ s_i / (s_i + lambda * Z_{c_i}) ],   s_i = exp(f_i . c_{c_i} / tau),
+    Z_k = sum_j exp(sg(c_j) . c_k / tau)   (j over all centroids, self term included)
+
+minimised with Adam (lr 1e-3, tau 0.07, lambda 1, 300 iterations by default), optionally on a
+fresh random mini-batch of M rows per step (the ImageNet script uses M = 100,000). Afterwards
+each centroid, in index order, takes its most similar sample not yet taken (:mod:`.mapping`).
+
+Where the code differs from the paper's formula (-E[sim/tau] + E_j[log sum_{k != j} exp(...)]),
+we follow the code: the log-sum also holds the positive and the self term; the repulsion is
+averaged over samples, weighting each centroid by its share of the pool; a centroid that owns
+no sample gets no gradient in that step; and the left factor of Z is detached, so a centroid
+is repelled only through its own Z_k.
+
+Memory: the N x B similarity matrix and its autograd graph are never built. The arg-max is
+taken in chunks without autograd (faiss on CPU); only the gathered assigned centroids are
+differentiated, per chunk, against leaf copies of c and log Z, giving the same gradient as the
+dense code (the gradient of a max reaches only the arg-max entry). Per-worker gradients of
+those leaves are all-reduced (float64), then pushed through Z and the normalisation on every
+rank alike, so all ranks take the same Adam step. Peak memory: the rows + O(chunk x D + B^2 / chunks).
+
+With excluded (already labeled) rows, their features are fixed extra centroids: samples near
+them are assigned to them and new centroids are repelled from them, as in ASVP's "ActiveFT(al)"
+hybrid initialisation (github.com/ZiTingW/asvp, ``samplings/ActiveFT_large.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import metrics
+from ._engine import Collectives, Pool, chunk_rows, generator, log_every, nearest, sample_rows
+from ._registry import Param, Result, Selector, one_of, positive_float, positive_int, register_selector
+from .fds import k_center_greedy
+from .kmeans import kmeans_plusplus
+from .mapping import greedy_unique
+
+log = logging.getLogger(__name__)
+
+
+def partition(c: torch.Tensor, tau: float) -> torch.Tensor:
+    """``Z_k = sum_j exp(c_j . c_k / tau)`` for every k, in chunks of centroids."""
+    z = torch.empty(len(c), dtype=c.dtype, device=c.device)
+    step = chunk_rows(len(c))
+    for lo in range(0, len(c), step):
+        z[lo:lo + step] = torch.exp(c[lo:lo + step] @ c.T / tau).sum(1)
+    return z
+
+
+def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: torch.Tensor, rows, n: int,
+                  tau: float, balance: float) -> tuple[float, torch.Tensor]:
+    """The ActiveFT loss over ``rows`` (local rows of this step, or None for all) and d loss / d theta.
+
+    ``n`` is the number of rows in the step over all workers. Returns the same values on every rank.
+    """
+    k_fixed = len(fixed)
+    with torch.no_grad():
+        c = torch.cat([fixed, F.normalize(theta, dim=1)])
+        z = partition(c, tau)
+    c_leaf = c.double().requires_grad_()
+    logz_leaf = z.log().double().requires_grad_()
+    x = pool.x if rows is None else pool.x[rows]
+    log_balance = math.log(balance) if balance > 0 else -math.inf
+    loss = torch.zeros((), dtype=torch.float64, device=pool.device)
+    idx_all = nearest(x, c, "ip")[0].to(pool.device)
+    step = chunk_rows(x.shape[1], 8)
+    for lo in range(0, len(x), step):
+        idx = idx_all[lo:lo + step]
+        a = (x[lo:lo + step].double() * c_leaf[idx]).sum(1) / tau
+        part = (torch.logaddexp(a, log_balance + logz_leaf[idx]) - a).sum()
+        part.backward()
+        loss += part.detach()
+    packed = torch.cat([c_leaf.grad[k_fixed:].flatten(), logz_leaf.grad[k_fixed:], loss.reshape(1)])
+    packed = comm.all_reduce(packed) / n
+    k, dim = theta.shape
+    grad_c = packed[:k * dim].view(k, dim).float()
+    grad_z = (packed[k * dim:-1] / z[k_fixed:].double()).float()  # d/dZ_k from d/dlog Z_k
+    # through Z: dZ_k/dc_k = sum_j exp(c_j . c_k / tau) c_j / tau (left factor detached)
+    step = chunk_rows(len(c))
+    learn = c[k_fixed:]
+    for lo in range(0, k, step):
+        e = torch.exp(learn[lo:lo + step] @ c.T / tau)
+        grad_c[lo:lo + step] += grad_z[lo:lo + step, None] * (e @ c) / tau
+    with torch.enable_grad():
+        t = theta.detach().requires_grad_()
+        F.normalize(t, dim=1).backward(grad_c)
+    return packed[-1].item(), t.grad
+
+
+@register_selector
+class ActiveFT(Selector):
+    """ActiveFT: parametric centroids matched to the pool distribution, then mapped to samples."""
+
+    name = "activeft"
+    params = {
+        "iterations": positive_int("Optimisation steps (official: 300 CIFAR, 100 ImageNet).", 300),
+        "temperature": positive_float("Temperature tau of both similarity terms.", 0.07),
+        "balance": Param(1.0, lambda v: isinstance(v, (int, float)) and v >= 0, "a float >= 0",
+                         "Weight lambda of the diversity term."),
+        "lr": positive_float("Adam learning rate.", 1e-3),
+        "batch_size": positive_int("Pool rows sampled per step (default: the whole pool).", None),
+        "init": one_of("Initial centroids: random pool features (official default), FPS or k-means++ seeds.",
+                       "random", ("random", "fps", "kmeans++")),
+    }
+
+    def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
+        g = generator(self.seed)
+        fixed = pool.gather_rows(exclude, comm) if len(exclude) else pool.x.new_zeros((0, pool.x.shape[1]))
+        state = checkpoints.load() if checkpoints else None
+        if state is None:
+            init = self._init_rows(pool, comm, budget, exclude, g)
+            theta = torch.nn.Parameter(pool.gather_rows(init, comm))
+            opt = torch.optim.Adam([theta], lr=self.lr)
+            start, history = 0, []
+        else:
+            init = state["init_rows"]
+            theta = torch.nn.Parameter(state["theta"].to(pool.device))
+            opt = torch.optim.Adam([theta], lr=self.lr)
+            opt.load_state_dict(state["optimizer"])
+            g.set_state(state["generator"])
+            start, history = state["iteration"], state["history"].tolist()
+        every, t0 = log_every(self.iterations), time.perf_counter()
+        for it in range(start, self.iterations):
+            rows, n = None, pool.size
+            if self.batch_size is not None and self.batch_size < pool.size:
+                _, rows = pool.local(sample_rows(pool.size, self.batch_size, g))
+                n = self.batch_size
+            loss, grad = loss_and_grad(pool, comm, theta.detach(), fixed, rows, n, self.temperature, self.balance)
+            theta.grad = grad
+            opt.step()
+            history.append(loss)
+            metrics.set("activeft_select_loss", loss, stage="select")
+            metrics.set("activeft_select_iteration", it + 1, stage="select")
+            if comm.rank == 0 and ((it + 1) % every == 0 or it + 1 == self.iterations):
+                rate = (it + 1 - start) / (time.perf_counter() - t0)
+                log.info("activeft: iteration %d/%d loss %.6f (%.2f it/s)", it + 1, self.iterations, loss, rate)
+            if checkpoints and checkpoints.due(it + 1) and it + 1 < self.iterations:
+                checkpoints.save({"theta": theta.detach().cpu(), "optimizer": opt.state_dict(), "iteration": it + 1,
+                                  "generator": g.get_state(), "history": torch.tensor(history),
+                                  "init_rows": init}, {"iteration": it + 1, "loss": loss})
+        centroids = F.normalize(theta.detach(), dim=1)
+        rows, sims = greedy_unique(pool, comm, centroids, taken=exclude)
+        return Result(rows.numpy(), {"centroid": np.arange(budget), "similarity": sims.numpy()},
+                      {"loss_history": history, "init_rows": init.tolist(),
+                       "resumed_from_iteration": start if state is not None else None})
+
+    def _init_rows(self, pool, comm, budget, exclude, g) -> torch.Tensor:
+        if self.init == "random":
+            return sample_rows(pool.size, budget, g, exclude)
+        if self.init == "fps":
+            return k_center_greedy(pool, comm, budget, g, exclude, tag="activeft init (fps)")
+        return kmeans_plusplus(pool, comm, budget, g, exclude)

@@ -1,0 +1,268 @@
+"""Selection: ActiveFT against the official code, the baselines, sharding, resume and bad input."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import activeft
+from activeft.errors import OutputExistsError, ParameterError, StoreError
+from activeft.select import _engine, get_selector, list_selectors, resolve_budget
+from activeft.select._engine import Collectives, Pool
+from activeft.select._reference import official_loss, official_select
+from activeft.select.activeft import loss_and_grad
+from activeft.select.kmeans import kmeans
+from activeft.select.mapping import greedy_unique
+
+pytestmark = pytest.mark.timeout(240)
+FAST = {"activeft": {"iterations": 60}, "kmeans": {"iterations": 20}, "fds": {}, "random": {}}
+
+
+def clustered(n_per=120, k=6, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 3
+    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    return x, np.repeat(np.arange(k), n_per)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pool")
+    x, labels = clustered()
+    ids = [f"img{i:04d}" for i in range(len(x))]
+    pq.write_table(pa.table({"id": ids, "embedding": list(x), "label": labels}), d / "emb.parquet")
+    return activeft.import_embeddings(str(d / "emb.parquet"), str(d / "store"), partition_size=250)
+
+
+def unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+@pytest.mark.parametrize("chunk_bytes", [_engine.CHUNK_BYTES, 4096])
+@pytest.mark.parametrize("balance", [1.0, 0.3])
+def test_loss_and_gradient_equal_official_formula(monkeypatch, chunk_bytes, balance):
+    monkeypatch.setattr(_engine, "CHUNK_BYTES", chunk_bytes)
+    x, theta = unit(500, 24, 0), torch.randn(40, 24, generator=torch.Generator().manual_seed(1))
+    ref_theta = theta.double().requires_grad_()
+    ref = official_loss(x.double(), ref_theta, 0.07, balance)
+    ref.backward()
+    loss, grad = loss_and_grad(Pool(x, 0, len(x)), Collectives(), theta, x[:0], None, len(x), 0.07, balance)
+    assert loss == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(grad.double(), ref_theta.grad, rtol=1e-4, atol=1e-6)
+
+    rows = torch.tensor([3, 17, 250, 499, 42])  # a mini-batch step: the same formula on those rows
+    ref_theta.grad = None
+    official_loss(x[rows].double(), ref_theta, 0.07, balance).backward()
+    loss, grad = loss_and_grad(Pool(x, 0, len(x)), Collectives(), theta, x[:0], rows, len(rows), 0.07, balance)
+    torch.testing.assert_close(grad.double(), ref_theta.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_whole_run_matches_official_loop(store):
+    sel = activeft.select(store, 18, method="activeft", iterations=80, seed=3)
+    x = torch.from_numpy(store.embeddings())
+    ours = sorted(store.rows_of(sel.ids).tolist())
+    assert ours == official_select(x, sel.info["init_rows"], iterations=80)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_nearest_torch_chunks_equal_faiss(monkeypatch, metric):
+    monkeypatch.setattr(_engine, "CHUNK_BYTES", 4096)  # many chunks: the path GPUs take
+    x, c = unit(1000, 32, 1) * 3, unit(50, 32, 2) * 2
+    i1, v1 = _engine.nearest(x, c, metric, backend="faiss")
+    i2, v2 = _engine.nearest(x, c, metric, backend="torch")
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(v1, v2, rtol=1e-4, atol=1e-4)
+    best = (x @ c.T).argmax(1) if metric == "ip" else torch.cdist(x, c).argmin(1)
+    assert torch.equal(i1, best)
+
+
+def brute_greedy(x, c):
+    taken, out = set(), []
+    for row in torch.argsort(c @ x.T, dim=1, descending=True, stable=True):
+        out.append(next(int(r) for r in row if int(r) not in taken))
+        taken.add(out[-1])
+    return out
+
+
+def test_mapping_conflicts_resolve_in_centroid_order():
+    x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    c = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [1.0, 0.05], [0.1, 1.0]]), dim=1)
+    rows, sims = greedy_unique(Pool(x, 0, 4), Collectives(), c)
+    assert rows.tolist() == [0, 1, 2]  # centroid 1 also wants sample 0; centroid 0 comes first
+    assert sims[1] == pytest.approx(float(c[1] @ x[1]))
+    rows, _ = greedy_unique(Pool(x, 0, 4), Collectives(), c, taken=[0])
+    assert rows.tolist() == [1, 2, 3]
+    # many centroids wanting the same few rows: rounds with growing candidate lists, same as the full sort
+    x, c = unit(300, 8, 5), unit(60, 8, 6) * 0.1 + torch.tensor([1.0] + [0.0] * 7)
+    rows, _ = greedy_unique(Pool(x, 0, 300), Collectives(), torch.nn.functional.normalize(c, dim=1), candidates=1)
+    assert rows.tolist() == brute_greedy(x, torch.nn.functional.normalize(c, dim=1))
+
+
+@pytest.mark.parametrize("method", list_selectors())
+def test_every_selector_gives_budget_unique_ids_deterministically(store, method, tmp_path):
+    sel = activeft.select(store, 25, method=method, seed=7, output=str(tmp_path / "sel"), **FAST[method])
+    assert len(sel.ids) == 25 and len(set(sel.ids)) == 25
+    assert set(sel.ids) <= set(store.ids())
+    again = activeft.select(store, 25, method=method, seed=7, **FAST[method])
+    assert again.ids == sel.ids
+    other = activeft.select(store, 25, method=method, seed=8, **FAST[method])
+    assert other.ids != sel.ids
+    table = pq.read_table(tmp_path / "sel" / "selection.parquet")
+    assert table.column("id").to_pylist() == sel.ids and table.column("rank").to_pylist() == list(range(25))
+    assert (tmp_path / "sel" / "selection.csv").read_text().splitlines()[1] == f'"{sel.ids[0]}"'
+    info = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert info["budget"] == 25 and info["pool_size"] == 720 and info["config"]["method"] == method
+    assert 0 < info["coverage"] <= 1 and 0 < info["coverage_random"] <= 1
+    spec = next(iter(get_selector(method).params), None)
+    if spec is not None:  # every selector checks its parameters with the same message shape
+        with pytest.raises(ParameterError, match=f"The '{spec}' parameter of {method} must be"):
+            activeft.select(store, 5, method=method, **{spec: -1})
+
+
+def test_activeft_beats_random_coverage_and_loss_goes_down(store):
+    sel = activeft.select(store, 12, method="activeft", iterations=150)
+    history = sel.info["loss_history"]
+    assert history[-1] < history[0]
+    labels = np.array(store.read(columns=["label"]).column("label").to_pylist())
+    picked = labels[store.rows_of(sel.ids)]
+    assert len(set(picked.tolist())) == 6  # all six clusters covered with 12 picks
+    assert sel.info["coverage"] > sel.info["coverage_random"]
+
+
+@pytest.mark.parametrize("method", list_selectors())
+def test_exclude_is_honoured(store, method, tmp_path):
+    excluded = store.ids()[:120]  # the whole first cluster is labeled already
+    pq.write_table(pa.table({"id": excluded}), tmp_path / "labeled.parquet")
+    sel = activeft.select(store, 20, method=method, exclude=str(tmp_path / "labeled.parquet"), **FAST[method])
+    assert not set(sel.ids) & set(excluded) and len(set(sel.ids)) == 20
+    if method == "activeft":  # fixed centroids on the labeled cluster: new ones go elsewhere
+        plain = activeft.select(store, 20, method=method, **FAST[method])
+        near = lambda s: sum(i < 120 for i in store.rows_of(s.ids))  # noqa: E731
+        assert near(plain) > 0 and near(sel) == 0
+    with pytest.raises(ParameterError, match="budget 601 is larger than the pool of 720 rows minus 120 excluded"):
+        activeft.select(store, 601, method=method, exclude=excluded)
+
+
+def test_kmeans_inertia_within_one_percent_of_faiss(store):
+    import faiss
+
+    x = store.embeddings()
+    init = x[np.random.default_rng(0).choice(len(x), 30, replace=False)]
+    km = faiss.Kmeans(x.shape[1], 30, niter=20, max_points_per_centroid=10**6, seed=1)
+    km.train(x, init_centroids=init.copy())
+    faiss_inertia = float(km.index.search(x, 1)[0].sum())
+    pool = Pool(torch.from_numpy(x), 0, len(x))
+    from activeft.select.kmeans import lloyd
+
+    centroids, history = lloyd(pool, Collectives(), torch.from_numpy(init), 20, 0.0, torch.Generator())
+    ours = float(pool.x.sub(centroids[_engine.nearest(pool.x, centroids, "l2")[0]]).pow(2).sum())
+    assert ours == pytest.approx(faiss_inertia, rel=0.01)
+    c2, h2 = kmeans(pool, Collectives(), 30, iterations=20, seed=4)
+    assert h2 == sorted(h2, reverse=True)  # Lloyd never increases the inertia
+
+
+def test_budget_parsing():
+    assert resolve_budget("1%", 6000) == resolve_budget("0.01", 6000) == resolve_budget(0.01, 6000) == 60
+    assert resolve_budget(60, 6000) == resolve_budget("60", 6000) == 60
+    assert resolve_budget("0.5%", 1999) == 9  # rounded down as the official int(N * p * 0.01)
+    for bad in (0, "0", -5, "abc", "0.0001%", 1.5):
+        with pytest.raises(ParameterError, match="The 'budget' parameter of select must be"):
+            resolve_budget(bad, 1000)
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("method", ["activeft", "kmeans", "fds"])
+def test_two_workers_select_the_same_as_one(store, method):
+    params = {**FAST[method], **({"batch_size": 300} if method == "activeft" else {})}
+    one = activeft.select(store, 20, method=method, seed=5, **params)
+    two = activeft.select(store, 20, method=method, seed=5, num_workers=2, **params)
+    assert two.ids == one.ids
+    history = {"activeft": "loss_history", "kmeans": "inertia_history"}.get(method)
+    if history:
+        np.testing.assert_allclose(two.info[history], one.info[history], rtol=1e-6)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_worker_failure_resumes_from_checkpoint(store, tmp_path):
+    params = dict(method="activeft", iterations=60, seed=2, checkpoint_every=10)
+    clean = activeft.select(store, 15, **params)
+    failed = activeft.select(store, 15, num_workers=2, output=str(tmp_path / "sel"), _fail_at=30, **params)
+    assert failed.info["resumed_from_iteration"] == 30 and clean.info["resumed_from_iteration"] is None
+    assert failed.ids == clean.ids
+    np.testing.assert_allclose(failed.info["loss_history"], clean.info["loss_history"], rtol=1e-6)
+
+
+def test_resume_continues_a_stopped_run(store, tmp_path):
+    params = dict(method="activeft", iterations=60, seed=2, checkpoint_every=10)
+    clean = activeft.select(store, 15, **params)
+    out = str(tmp_path / "sel")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        activeft.select(store, 15, output=out, _fail_at=20, **params)
+    assert not os.path.exists(os.path.join(out, "selection.json"))
+    with pytest.raises(OutputExistsError, match="--resume"):
+        activeft.select(store, 15, output=out, **params)
+    with pytest.raises(OutputExistsError, match="different config .*seed=2"):
+        activeft.select(store, 15, output=out, resume=True, **{**params, "seed": 3})
+    resumed = activeft.select(store, 15, output=out, resume=True, **params)
+    assert resumed.info["resumed_from_iteration"] == 20
+    assert resumed.ids == clean.ids
+    np.testing.assert_allclose(resumed.info["loss_history"], clean.info["loss_history"], rtol=1e-6)
+    assert activeft.select(store, 15, output=out, resume=True, **params).ids == clean.ids  # finished: read back
+
+
+def test_bad_inputs_one_line_each(store, tmp_path, capsys):
+    from activeft.cli import main
+
+    broken = tmp_path / "broken"
+    os.makedirs(broken)
+    for name in ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "_manifest.json"):
+        (broken / name).write_bytes(open(os.path.join(store.uri, name), "rb").read())
+    mixed = tmp_path / "mixed"
+    os.system(f"cp -r {broken} {mixed}")
+    pq.write_table(pa.table({"id": ["z"] * 220, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.zeros(220 * 3, np.float32)), 3), "label": [0] * 220}), mixed / "part-00002.parquet")
+    nan = tmp_path / "nan"
+    os.system(f"cp -r {broken} {nan}")
+    t = pq.read_table(nan / "part-00001.parquet")
+    x = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
+    x[7, 2] = np.nan
+    t = t.set_column(1, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16))
+    pq.write_table(t, nan / "part-00001.parquet")
+    (tmp_path / "incomplete").mkdir()
+    (tmp_path / "incomplete" / "part-00000.parquet").write_bytes(b"")
+    pq.write_table(pa.table({"id": ["img0001", "nope-1", "nope-2"]}), tmp_path / "ex.parquet")
+    out = str(tmp_path / "out")
+    cases = [
+        ([store.uri, "--budget", "0"], "'budget' parameter of select must be a count >= 1"),
+        ([store.uri, "--budget", "721"], "budget 721 is larger than the pool of 720 rows"),
+        ([str(tmp_path / "incomplete"), "--budget", "5"], "is incomplete \\(no _manifest.json\\)"),
+        ([str(tmp_path / "missing"), "--budget", "5"], "embedding store .*missing does not exist"),
+        ([str(mixed), "--budget", "5"], "shard .*part-00002.parquet has embedding type .*, the store's dim is 16"),
+        ([str(nan), "--budget", "5"], "1 embeddings with NaN/inf \\(first: id 'img0257'\\)"),
+        ([store.uri, "--budget", "5", "--method", "kmean"], "unknown selection method 'kmean'.*did you mean 'kmeans'"),
+        ([store.uri, "--budget", "5", "--exclude", str(tmp_path / "ex.parquet")],
+         "2 excluded ids are not in the store .* \\(e.g. 'nope-1', 'nope-2'\\)"),
+        ([store.uri, "--budget", "5", "--method", "fds", "--temperature", "0.1"],
+         "'temperature' parameter does not apply to method fds"),
+        ([store.uri, "--budget", "5", "--num-workers", "0"], "'num_workers' parameter of select must be an int >= 1"),
+    ]
+    for argv, pattern in cases:
+        assert main(["select", *argv, "-o", out]) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(pattern, err), (pattern, err)
+        assert not os.path.exists(out), argv
+
+
+def test_cli_select_prints_summary(store, tmp_path, capsys):
+    from activeft.cli import main
+
+    assert main(["select", store.uri, "--budget", "2%", "-o", str(tmp_path / "s"), "--method", "kmeans",
+                 "--iterations", "10"]) == 0
+    assert re.search(r"14 of 720 selected by kmeans in .* s; coverage 0\.\d+ \(random: 0\.\d+\)",
+                     capsys.readouterr().out)
