@@ -107,7 +107,7 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     >>> store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
     >>> sel = activeft.select(store, budget="5%", method="activeft", iterations=50, output=f"{d}/sel")
     >>> len(sel), len(set(sel.ids)), sel.table.column_names[:4]
-    (10, 10, ['id', 'uri', 'rank', 'method'])
+    (10, 10, ['id', 'rank', 'method', 'centroid'])
     """
     start = time.perf_counter()
     selector = get_selector(method)(seed=seed, **params)
