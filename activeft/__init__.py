@@ -12,4 +12,4 @@ from .importer import import_embeddings  # noqa: E402
 from .select import Selection, list_selectors, read_selection, select  # noqa: E402
 from .store import EmbeddingStore  # noqa: E402
 
-__all__ = ["embed", "import_embeddings", "select", "list_selectors", "EmbeddingStore"]
+__all__ = ["embed", "import_embeddings", "select", "read_selection", "Selection", "list_selectors", "EmbeddingStore"]

@@ -44,7 +44,7 @@ def stage(store: str, table: pa.Table) -> list[int]:
     rows = table.column("row").to_numpy()
     # a run breaks where the partition changes or the row index is not the next one
     breaks = [0] + [i for i in range(1, len(rows)) if parts[i] != parts[i - 1] or rows[i] != rows[i - 1] + 1]
-    for lo, hi in zip(breaks, breaks[1:] + [len(rows)]):
+    for lo, hi in zip(breaks, breaks[1:] + [len(rows)], strict=False):
         p, first, last = int(parts[lo]), int(rows[lo]), int(rows[hi - 1])
         storage.write_parquet(storage.join(staging_uri(store, p), f"{first:09d}-{last:09d}.parquet"),
                               table.slice(lo, hi - lo))

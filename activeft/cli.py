@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,10 +34,10 @@ def embed(
     pretrained: Annotated[str, typer.Option(help="Weights: 'hub' (timm download), 'none' (random init) or a "
                                                  ".safetensors/.pth path or URI.")] = "hub",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    image_size: Annotated[Optional[int], typer.Option(help="Override the model's input size.")] = None,
-    num_actors: Annotated[Optional[str], typer.Option(help="Model actors: N, or MIN,MAX to autoscale. Default: one "
+    image_size: Annotated[int | None, typer.Option(help="Override the model's input size.")] = None,
+    num_actors: Annotated[str | None, typer.Option(help="Model actors: N, or MIN,MAX to autoscale. Default: one "
                                                            "per GPU, or one per 4 CPUs.")] = None,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (fractions share a GPU). "
+    gpus_per_actor: Annotated[float | None, typer.Option(help="GPUs per actor (fractions share a GPU). "
                                                                  "Default: 1 on GPU clusters.")] = None,
     partition_size: Annotated[int, typer.Option(help="Images per input partition = rows per output shard "
                                                      "(the unit of resume).")] = 10_000,
@@ -66,7 +66,7 @@ def import_embeddings(
     table: Annotated[str, typer.Argument(help="Parquet table with an id and an embedding (list) column, "
                                               "or a .npy (N, D) matrix.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Embedding store to write.")],
-    ids: Annotated[Optional[str], typer.Option(help="For .npy: ids file (.txt one per line, or a one-column "
+    ids: Annotated[str | None, typer.Option(help="For .npy: ids file (.txt one per line, or a one-column "
                                                     ".csv/.parquet).")] = None,
     id_column: Annotated[str, typer.Option(help="Id column of the Parquet table.")] = "id",
     embedding_column: Annotated[str, typer.Option(help="Embedding column of the Parquet table.")] = "embedding",
@@ -98,16 +98,16 @@ def select(
                                                   "(1: in this process).")] = 1,
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Run on GPUs (nccl between workers).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (init, mini-batches, random baseline).")] = 0,
-    iterations: Annotated[Optional[int], typer.Option(help="activeft: optimisation steps (default 300); "
+    iterations: Annotated[int | None, typer.Option(help="activeft: optimisation steps (default 300); "
                                                            "kmeans: max Lloyd iterations (default 100).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="activeft: pool rows per step (default: all; the "
+    batch_size: Annotated[int | None, typer.Option(help="activeft: pool rows per step (default: all; the "
                                                            "official ImageNet script uses 100000).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="activeft: temperature tau (default 0.07).")] = None,
-    balance: Annotated[Optional[float], typer.Option(help="activeft: diversity weight lambda (default 1).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="activeft: Adam learning rate (default 1e-3).")] = None,
-    init: Annotated[Optional[str], typer.Option(help="activeft: random (default), fps or kmeans++; "
+    temperature: Annotated[float | None, typer.Option(help="activeft: temperature tau (default 0.07).")] = None,
+    balance: Annotated[float | None, typer.Option(help="activeft: diversity weight lambda (default 1).")] = None,
+    lr: Annotated[float | None, typer.Option(help="activeft: Adam learning rate (default 1e-3).")] = None,
+    init: Annotated[str | None, typer.Option(help="activeft: random (default), fps or kmeans++; "
                                                      "kmeans: kmeans++ (default) or random.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Table (.csv/.parquet, 'id' column) of already-labeled "
+    exclude: Annotated[str | None, typer.Option(help="Table (.csv/.parquet, 'id' column) of already-labeled "
                                                         "ids: never selected; fixed centroids for activeft.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Iterations between optimiser checkpoints.")] = 25,
     resume: Resume = False,

@@ -96,7 +96,7 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     check(not (resume and overwrite), "resume", owner, "False when overwrite=True (pick one)", resume)
     pool = _pool_size(num_actors)
     start = time.perf_counter()
-    output = str(output).rstrip("/")
+    output = storage.absolute(output)
     spec = BackboneSpec(model, pretrained, image_size)
 
     run = _check_output(output, resume, overwrite)

@@ -40,10 +40,10 @@ class TooManyErrors(ActiveftError):
 def check(ok: bool, name: str, owner: str, expected: str, got) -> None:
     """Raise the one message shape used for every bad parameter.
 
-    >>> check(False, "budget", "select", "an int >= 1 or a fraction like '1%'", -3)
+    >>> check(False, "budget", "select", "an int >= 1 or a fraction like '1%'", -3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    activeft.errors.ParameterError: The 'budget' parameter of select must be an int >= 1 or a fraction like '1%'. Got -3 instead.
+    activeft.errors.ParameterError: The 'budget' parameter of select must be an int >= 1 or a fraction like '1%'. ...
     """
     if not ok:
         raise ParameterError(f"The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead.")

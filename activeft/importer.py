@@ -18,8 +18,16 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .errors import OutputExistsError, SourceError, check
-from .store import DTYPES, ERRORS, MANIFEST, EmbeddingStore, embedding_array, embedding_matrix, shard_name, \
-    write_manifest
+from .store import (
+    DTYPES,
+    ERRORS,
+    MANIFEST,
+    EmbeddingStore,
+    embedding_array,
+    embedding_matrix,
+    shard_name,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     check(dtype in DTYPES, "dtype", owner, f"one of {', '.join(DTYPES)}", dtype)
     check(isinstance(partition_size, int) and partition_size >= 1, "partition_size", owner, "an int >= 1",
           partition_size)
-    output = str(output).rstrip("/")
+    output = storage.absolute(output)
     if not storage.exists(table):
         raise SourceError(f"table {table} does not exist")
     if storage.has_entries(output):
@@ -103,7 +111,8 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
 def _validate(table, x, ids, seen, normalize) -> None:
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise SourceError(f"{table}: {int(bad.sum())} embeddings contain NaN or inf (first: id {ids[int(np.argmax(bad))]!r})")
+        first = ids[int(np.argmax(bad))]
+        raise SourceError(f"{table}: {int(bad.sum())} embeddings contain NaN or inf (first: id {first!r})")
     norms = np.linalg.norm(x, axis=1)
     if normalize and (norms == 0).any():
         raise SourceError(f"{table}: {int((norms == 0).sum())} embeddings are all zeros and cannot be normalised "

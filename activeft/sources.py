@@ -10,8 +10,6 @@ recommended source: listing billions of keys is slow.
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,7 +22,7 @@ TABLE_EXTENSIONS = (".csv", ".parquet")
 
 def read_source(source: str) -> pa.Table:
     """The source as a table ``id, uri[, label, ...]`` sorted by id, validated."""
-    source = str(source) if storage.is_remote(source) else os.path.abspath(os.path.expanduser(str(source)))
+    source = storage.absolute(source)
     if not storage.exists(source):
         raise SourceError(f"source {source} does not exist")
     if source.lower().endswith(TABLE_EXTENSIONS) and storage.is_file(source):

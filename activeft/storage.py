@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -53,6 +53,14 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if isinstance(fs, pafs.PyFileSystem):  # fsspec paths keep their protocol
         return fs, uri
     return fs, rest.rstrip("/")
+
+
+def absolute(uri: str) -> str:
+    """``uri`` with a local path made absolute (Ray workers do not share the driver's cwd)."""
+    uri = str(uri).rstrip("/") or "/"
+    if is_remote(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
 
 
 def join(uri: str, *parts: str) -> str:

@@ -77,7 +77,7 @@ class EmbeddingStore:
     """
 
     def __init__(self, uri: str):
-        self.uri = str(uri).rstrip("/")
+        self.uri = storage.absolute(uri)
         if not storage.exists(storage.join(self.uri, MANIFEST)):
             what = "does not exist" if not storage.exists(self.uri) else "is incomplete (no _manifest.json)"
             raise StoreError(f"embedding store {self.uri} {what}; run `activeft embed` "
@@ -187,9 +187,16 @@ class EmbeddingStore:
         return np.array([index[i] for i in ids], dtype=np.int64)
 
     def worker_range(self, rank: int, world_size: int) -> tuple[int, int]:
-        """The contiguous global rows worker ``rank`` of ``world_size`` holds."""
+        """The contiguous global rows worker ``rank`` of ``world_size`` holds.
+
+        On large pools the boundaries fall on multiples of 4096 rows, the query block of faiss's
+        exact search, so each row's scores are computed in the same block whatever the number
+        of workers (and 1 and W workers agree bit for bit).
+        """
         n = len(self)
-        return rank * n // world_size, (rank + 1) * n // world_size
+        align = 4096 if n >= world_size * 4096 * 4 else 1
+        bound = lambda r: min(n, round(r * n / world_size / align) * align)  # noqa: E731
+        return bound(rank), bound(rank + 1)
 
 
 def shard_rows(uri: str) -> int:
@@ -201,7 +208,7 @@ def shard_rows(uri: str) -> int:
 
 
 def write_manifest(uri: str, *, shards: list[str], dim: int, dtype: str, columns: list[str],
-                   source: str, errors: int, **extra) -> "EmbeddingStore":
+                   source: str, errors: int, **extra) -> EmbeddingStore:
     """Write ``_manifest.json`` (the store's completion marker) and open the store."""
     import time
 

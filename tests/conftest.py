@@ -11,7 +11,6 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from images import write_images  # noqa: E402,F401  (re-exported for tests)
 
 

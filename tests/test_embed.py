@@ -1,7 +1,6 @@
 """The embed stage on real image files, local and through a real S3 protocol server."""
 
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -9,11 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
-from images import pattern, write_broken, write_images
+from images import write_broken, write_images
 from PIL import Image
 
 import activeft
-from activeft import storage
 from activeft.backbone import BackboneSpec, Preprocess, pooled_features
 from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
 
@@ -116,8 +114,8 @@ def test_s3_prefix_and_manifest_match_local(tmp_path, bucket):
     assert table.column_names == ["id", "uri", "embedding", "label", "camera"]
     got = {r["id"]: (r["label"], r["camera"], r["uri"]) for r in table.to_pylist()}
     assert got == {a: (c, d, f"{bucket}/{b}") for a, b, c, d in rows}
-    by_uri = dict(zip(local.read(columns=["id"]).column("id").to_pylist(), local.embeddings()))
-    for r, x in zip(table.to_pylist(), store.embeddings()):
+    by_uri = dict(zip(local.read(columns=["id"]).column("id").to_pylist(), local.embeddings(), strict=False))
+    for r, x in zip(table.to_pylist(), store.embeddings(), strict=False):
         np.testing.assert_allclose(x, by_uri[r["uri"].split("/pool/")[1]], atol=1e-5)
 
 
@@ -133,7 +131,8 @@ def test_resume_after_interruption_equals_clean_run(tmp_path):
     os.remove(out / "part-00003.parquet")
     staging = out / "_work" / "staging" / "part-00003"
     staging.mkdir(parents=True)
-    pq.write_table(pq.read_table(out / "_work" / "plan" / "part-00003.parquet").slice(0, 1), staging / "000000000-000000000.parquet")
+    plan = pq.read_table(out / "_work" / "plan" / "part-00003.parquet")
+    pq.write_table(plan.slice(0, 1), staging / "000000000-000000000.parquet")
     with pytest.raises(StoreError, match="incomplete"):
         activeft.EmbeddingStore(str(out))
     with pytest.raises(OutputExistsError, match="--resume"):

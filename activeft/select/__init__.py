@@ -37,7 +37,15 @@ __all__ = ["select", "Selection", "read_selection", "list_selectors", "get_selec
 @dataclass
 class Selection:
     """A finished selection: the chosen ``ids`` (in rank order), the ``table`` written to
-    ``selection.parquet`` and the ``info`` written to ``selection.json``."""
+    ``selection.parquet`` and the ``info`` written to ``selection.json``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> sel = Selection(["a", "b"], pa.table({"id": ["a", "b"], "rank": [0, 1]}), {"budget": 2})
+    >>> len(sel), sel.ids[0]
+    (2, 'a')
+    """
 
     ids: list[str]
     table: pa.Table
@@ -115,6 +123,7 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     check(isinstance(checkpoint_every, int) and checkpoint_every >= 0, "checkpoint_every", "select", "an int >= 0",
           checkpoint_every)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    output = storage.absolute(output) if output is not None else None
     exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
     exclude_rows = np.sort(store.rows_of(exclude_ids, "excluded ids")) if exclude_ids else np.zeros(0, np.int64)
     budget = resolve_budget(budget, len(store))
@@ -200,7 +209,8 @@ def _prepare_output(output: str, config: dict, resume: bool, overwrite: bool) ->
         ours = storage.exists(cfg_uri) or storage.exists(storage.join(output, SELECTION))
         if overwrite:
             if not ours:
-                raise OutputExistsError(f"output {output} is not empty and is not a selection; refusing to overwrite it")
+                raise OutputExistsError(f"output {output} is not empty and is not a selection; "
+                                        "refusing to overwrite it")
             storage.delete(output)
         elif resume:
             if not storage.exists(cfg_uri):
@@ -230,7 +240,16 @@ def _write(output: str, selection: Selection) -> None:
 
 
 def read_selection(uri: str) -> Selection:
-    """Open a finished selection directory."""
+    """Open a finished selection directory (as written by :func:`select`).
+
+    Examples
+    --------
+    >>> import activeft
+    >>> activeft.read_selection("no/such/dir")
+    Traceback (most recent call last):
+    ...
+    activeft.errors.StoreError: no/such/dir is not a finished selection (no selection.json); run `activeft select` first
+    """
     if not storage.exists(storage.join(uri, SELECTION)):
         raise StoreError(f"{uri} is not a finished selection (no {SELECTION}); run `activeft select` first")
     table = storage.read_parquet(storage.join(uri, "selection.parquet"))

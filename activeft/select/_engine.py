@@ -39,7 +39,7 @@ class Pool:
         mask = (rows >= self.offset) & (rows < self.offset + len(self.x))
         return mask, rows[mask] - self.offset
 
-    def gather_rows(self, rows: torch.Tensor, comm: "Collectives") -> torch.Tensor:
+    def gather_rows(self, rows: torch.Tensor, comm: Collectives) -> torch.Tensor:
         """The feature vectors of global ``rows`` (any rank's), on every rank, in ``rows`` order."""
         out = torch.zeros(len(rows), self.x.shape[1], dtype=torch.float64, device=self.device)
         mask, idx = self.local(rows)
@@ -96,31 +96,54 @@ def nearest(x: torch.Tensor, c: torch.Tensor, metric: str = "ip", backend: str |
 
     ``metric="ip"``: largest inner product (cosine for unit vectors), score = the product;
     ``metric="l2"``: smallest Euclidean distance, score = the squared distance.
-    CPU tensors go through faiss's exact flat index (blocked BLAS with a fused arg-max: faster
-    than a chunked torch matmul, see benchmarks/RESULTS.md); GPU tensors through chunked
-    torch matmuls (``backend="torch"`` forces those on CPU too). Memory is bounded by
-    :data:`CHUNK_BYTES` either way.
+    Candidates come from faiss's exact flat index for CPU tensors (blocked BLAS with a fused
+    top-k: faster than a chunked torch matmul, see benchmarks/RESULTS.md) and from chunked torch
+    matmuls on GPU (``backend="torch"`` forces those on CPU too). BLAS results move in the last
+    bit with blocking and thread count, so the best two candidates are re-scored row by row
+    and the better kept (ties to the smaller index): the answer is the same for any number of
+    workers and threads. Memory is bounded by :data:`CHUNK_BYTES`.
     """
-    if (backend or ("faiss" if x.device.type == "cpu" else "torch")) == "faiss":
-        import faiss
-
-        index = (faiss.IndexFlatIP if metric == "ip" else faiss.IndexFlatL2)(c.shape[1])
-        index.add(c.detach().float().contiguous().numpy())
-        score, idx = index.search(x.detach().float().contiguous().numpy(), 1)
-        return torch.from_numpy(idx[:, 0]).long(), torch.from_numpy(score[:, 0])
-    idx = torch.empty(len(x), dtype=torch.long, device=x.device)
-    val = torch.empty(len(x), dtype=x.dtype, device=x.device)
-    half_norm = (c * c).sum(1) / 2 if metric == "l2" else None
-    step = chunk_rows(len(c))
+    k = min(2, len(c))
     with torch.no_grad():
-        for lo in range(0, len(x), step):
-            s = x[lo:lo + step] @ c.T
-            if half_norm is not None:
-                s -= half_norm
-            val[lo:lo + step], idx[lo:lo + step] = s.max(dim=1)
-    if metric == "l2":
-        val = ((x * x).sum(1) - 2 * val).clamp_(min=0)
-    return idx, val
+        if (backend or ("faiss" if x.device.type == "cpu" else "torch")) == "faiss":
+            import faiss
+
+            index = (faiss.IndexFlatIP if metric == "ip" else faiss.IndexFlatL2)(c.shape[1])
+            index.add(c.detach().float().contiguous().numpy())
+            gap, cand = index.search(x.detach().float().contiguous().numpy(), k)
+            gap, cand = torch.from_numpy(gap), torch.from_numpy(cand).long()
+        else:
+            gap = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
+            cand = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+            half_norm = (c * c).sum(1) / 2 if metric == "l2" else None
+            step = chunk_rows(len(c))
+            for lo in range(0, len(x), step):
+                s = x[lo:lo + step] @ c.T
+                if half_norm is not None:
+                    s -= half_norm
+                gap[lo:lo + step], cand[lo:lo + step] = s.topk(k, dim=1)
+        idx = cand[:, 0].to(x.device)
+        score = _score(x, c, idx, metric)
+        if k == 2:  # near-ties: re-score the runner-up exactly and keep the better (ties: smaller index)
+            close = ((gap[:, 0] - gap[:, 1]).abs() <= 1e-4 * gap[:, 0].abs().clamp(min=1)).to(x.device)
+            rows = close.nonzero().squeeze(1)
+            if len(rows):
+                alt = cand[:, 1].to(x.device)[rows]
+                s_alt = _score(x[rows], c, alt, metric)
+                better = (s_alt > score[rows]) if metric == "ip" else (s_alt < score[rows])
+                better |= (s_alt == score[rows]) & (alt < idx[rows])
+                idx[rows[better]], score[rows[better]] = alt[better], s_alt[better]
+    return idx, score
+
+
+def _score(x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor, metric: str) -> torch.Tensor:
+    """Row-by-row score of each ``x[i]`` against ``c[idx[i]]``, in chunks (no BLAS: thread-invariant)."""
+    out = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    step = chunk_rows(x.shape[1])
+    for lo in range(0, len(x), step):
+        d = c[idx[lo:lo + step]]
+        out[lo:lo + step] = (x[lo:lo + step] * d).sum(1) if metric == "ip" else ((x[lo:lo + step] - d) ** 2).sum(1)
+    return out
 
 
 def generator(seed: int) -> torch.Generator:
@@ -149,7 +172,8 @@ def sample_rows(n: int, k: int, g: torch.Generator, exclude: torch.Tensor | None
 
 def global_argmax(value: torch.Tensor, row: torch.Tensor, comm: Collectives) -> tuple[float, int]:
     """The largest ``value`` over ranks and its global ``row``; ties go to the smaller row."""
-    pairs = comm.all_gather(torch.stack([value.double(), row.double()]).to(value.device)).cpu()
+    pair = torch.tensor([float(value), float(row)], dtype=torch.float64, device=value.device)
+    pairs = comm.all_gather(pair).cpu()
     best = max(range(len(pairs)), key=lambda r: (pairs[r, 0].item(), -pairs[r, 1].item()))
     return pairs[best, 0].item(), int(pairs[best, 1].item())
 

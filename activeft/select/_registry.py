@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ParameterError, check, suggest
 
-_SELECTORS: dict[str, type["Selector"]] = {}
+_SELECTORS: dict[str, type[Selector]] = {}
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ no sample gets no gradient in that step; and the left factor of Z is detached, s
 is repelled only through its own Z_k.
 
 Memory: the N x B similarity matrix and its autograd graph are never built. The arg-max is
-taken in chunks without autograd (faiss on CPU); only the gathered assigned centroids are
-differentiated, per chunk, against leaf copies of c and log Z, giving the same gradient as the
-dense code (the gradient of a max reaches only the arg-max entry). Per-worker gradients of
-those leaves are all-reduced (float64), then pushed through Z and the normalisation on every
-rank alike, so all ranks take the same Adam step. Peak memory: the rows + O(chunk x D + B^2 / chunks).
+taken in chunks without autograd (faiss on CPU); since the gradient of a max reaches only the
+arg-max entry, the gradient is that of the assigned centroids alone, computed in closed form
+(:func:`loss_and_grad`; equal to the dense code's autograd, tested). Per-worker sums are
+all-reduced (float64), then pushed through Z and the normalisation on every rank alike, so all
+ranks take the same Adam step. Peak memory: the rows + O(chunk x D + B x chunk).
 
 With excluded (already labeled) rows, their features are fixed extra centroids: samples near
 them are assigned to them and new centroids are repelled from them, as in ASVP's "ActiveFT(al)"
@@ -65,39 +65,48 @@ def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: tor
     """The ActiveFT loss over ``rows`` (local rows of this step, or None for all) and d loss / d theta.
 
     ``n`` is the number of rows in the step over all workers. Returns the same values on every rank.
+
+    The gradient is the closed form of the autograd of the official code (checked against it in
+    the tests): with a_i = f_i . c_{c_i} / tau (the arg-max score itself) and
+    w_i = s_i / (s_i + lambda Z_{c_i}) - 1,
+
+        dL/dc_k     = (1 / (N tau)) sum_{i in k} w_i f_i
+        dL/dlog Z_k = -(1 / N)      sum_{i in k} w_i
+
+    so no per-sample copy of the centroids is gathered or differentiated. The sums are taken
+    sample by sample in float64, so they do not depend on how rows are split over workers.
     """
     k_fixed = len(fixed)
     with torch.no_grad():
         c = torch.cat([fixed, F.normalize(theta, dim=1)])
-        z = partition(c, tau)
-    c_leaf = c.double().requires_grad_()
-    logz_leaf = z.log().double().requires_grad_()
-    x = pool.x if rows is None else pool.x[rows]
-    log_balance = math.log(balance) if balance > 0 else -math.inf
-    loss = torch.zeros((), dtype=torch.float64, device=pool.device)
-    idx_all = nearest(x, c, "ip")[0].to(pool.device)
-    step = chunk_rows(x.shape[1], 8)
-    for lo in range(0, len(x), step):
-        idx = idx_all[lo:lo + step]
-        a = (x[lo:lo + step].double() * c_leaf[idx]).sum(1) / tau
-        part = (torch.logaddexp(a, log_balance + logz_leaf[idx]) - a).sum()
-        part.backward()
-        loss += part.detach()
-    packed = torch.cat([c_leaf.grad[k_fixed:].flatten(), logz_leaf.grad[k_fixed:], loss.reshape(1)])
-    packed = comm.all_reduce(packed) / n
-    k, dim = theta.shape
-    grad_c = packed[:k * dim].view(k, dim).float()
-    grad_z = (packed[k * dim:-1] / z[k_fixed:].double()).float()  # d/dZ_k from d/dlog Z_k
-    # through Z: dZ_k/dc_k = sum_j exp(c_j . c_k / tau) c_j / tau (left factor detached)
-    step = chunk_rows(len(c))
-    learn = c[k_fixed:]
-    for lo in range(0, k, step):
-        e = torch.exp(learn[lo:lo + step] @ c.T / tau)
-        grad_c[lo:lo + step] += grad_z[lo:lo + step, None] * (e @ c) / tau
-    with torch.enable_grad():
-        t = theta.detach().requires_grad_()
-        F.normalize(t, dim=1).backward(grad_c)
-    return packed[-1].item(), t.grad
+        c64 = c.double()  # the B x B terms in float64: BLAS may split their reductions by thread count
+        z = partition(c64, tau)
+        x = pool.x if rows is None else pool.x[rows]
+        idx, score = nearest(x, c, "ip")
+        idx, a = idx.to(pool.device), score.to(pool.device).double() / tau
+        log_bz = (math.log(balance) if balance > 0 else -math.inf) + z.log()[idx]
+        loss = (torch.logaddexp(a, log_bz) - a).sum()
+        w = torch.sigmoid(a - log_bz) - 1  # s / (s + lambda Z) - 1
+        k_all, dim = c.shape
+        packed = torch.zeros(k_all * dim + k_all + 1, dtype=torch.float64, device=pool.device)
+        grad_c, grad_logz = packed[:k_all * dim].view(k_all, dim), packed[k_all * dim:-1]
+        step = chunk_rows(dim, 8)
+        for lo in range(0, len(x), step):
+            grad_c.index_add_(0, idx[lo:lo + step], x[lo:lo + step].double().mul_(w[lo:lo + step, None]))
+        grad_logz.index_add_(0, idx, -w)
+        packed[-1] = loss
+        total = comm.all_reduce(packed) / n
+        grad_c = total[:k_all * dim].view(k_all, dim)[k_fixed:] / tau
+        grad_z = total[k_all * dim:-1][k_fixed:] / z[k_fixed:]  # d/dZ_k from d/dlog Z_k
+        # through Z: dZ_k/dc_k = sum_j exp(c_j . c_k / tau) c_j / tau (left factor detached)
+        learn, step = c64[k_fixed:], chunk_rows(len(c), 8)
+        for lo in range(0, len(learn), step):
+            e = torch.exp(learn[lo:lo + step] @ c64.T / tau)
+            grad_c[lo:lo + step] += grad_z[lo:lo + step, None] * (e @ c64) / tau
+        grad_c = grad_c.float()
+    t = theta.detach().requires_grad_()
+    F.normalize(t, dim=1).backward(grad_c)
+    return total[-1].item(), t.grad
 
 
 @register_selector

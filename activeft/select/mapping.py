@@ -52,7 +52,7 @@ def greedy_unique(pool: Pool, comm: Collectives, centroids: torch.Tensor, taken=
     k = len(centroids)
     taken_set = {int(r) for r in taken}
     local_taken = torch.zeros(len(pool.x), dtype=torch.bool, device=pool.device)
-    mask, idx = pool.local(torch.tensor(sorted(taken_set), dtype=torch.long))
+    _, idx = pool.local(torch.tensor(sorted(taken_set), dtype=torch.long))
     local_taken[idx] = True
     rows = torch.full((k,), -1, dtype=torch.long)
     sims = torch.zeros(k)
