@@ -7,9 +7,11 @@ finetune a timm backbone on them, on a laptop or a Ray cluster with the same cod
 
 __version__ = "0.1.0"
 
+from .calibrate import calibrate  # noqa: E402
 from .embed import embed  # noqa: E402
 from .importer import import_embeddings  # noqa: E402
 from .select import Selection, list_selectors, read_selection, select  # noqa: E402
 from .store import EmbeddingStore  # noqa: E402
 
-__all__ = ["embed", "import_embeddings", "select", "read_selection", "Selection", "list_selectors", "EmbeddingStore"]
+__all__ = ["embed", "import_embeddings", "select", "read_selection", "Selection", "list_selectors", "calibrate",
+           "EmbeddingStore"]

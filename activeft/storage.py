@@ -132,6 +132,19 @@ def check_writable(uri: str) -> None:
 
 
 @contextlib.contextmanager
+def removed_on_user_error(uri: str | None):
+    """Remove ``uri`` again if it was empty or absent before and the block raises an
+    :class:`ActiveftError` (bad input found late, e.g. NaN rows met while loading)."""
+    fresh = uri is not None and not has_entries(uri)
+    try:
+        yield
+    except ActiveftError:
+        if fresh:
+            delete(uri)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
     """An output stream whose file appears at ``uri`` only once it is complete."""
     fs, path = resolve(uri)

@@ -3,9 +3,11 @@
 
 import os
 
-# Ray listens on loopback only, without usage reporting; S3 goes to the moto server below.
+# Ray listens on loopback only, without usage reporting; S3 goes to the moto server below;
+# Ray workers inherit this environment, so tests/ (jobs.py) is importable on them.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH")) if p)
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                   AWS_EC2_METADATA_DISABLED="true")
 

@@ -188,6 +188,23 @@ def test_two_workers_select_the_same_as_one(store, method):
 
 
 @pytest.mark.usefixtures("ray_session")
+def test_two_worker_mapping_is_the_sequential_greedy(store):
+    import functools
+
+    from jobs import mapping_job
+
+    from activeft.select._run import run
+
+    x = torch.from_numpy(store.embeddings())
+    g = torch.Generator().manual_seed(0)
+    # 80 centroids crowding around 4 samples: most candidates are taken, lists run past the frontier
+    c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
+    c = torch.nn.functional.normalize(c, dim=1)
+    two = run(functools.partial(mapping_job, c, 2), store, num_workers=2)
+    assert two["rows"] == brute_greedy(x, c)
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_worker_failure_resumes_from_checkpoint(store, tmp_path):
     params = dict(method="activeft", iterations=60, seed=2, checkpoint_every=10)
     clean = activeft.select(store, 15, **params)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__, storage
-from ..errors import ActiveftError, OutputExistsError, ParameterError, StoreError, check
+from ..errors import OutputExistsError, ParameterError, StoreError, check
 from ..store import EmbeddingStore
 from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
 from ._engine import all_sum, generator, nearest, sample_rows
@@ -42,6 +42,7 @@ class Selection:
     Examples
     --------
     >>> import pyarrow as pa
+    >>> from activeft import Selection
     >>> sel = Selection(["a", "b"], pa.table({"id": ["a", "b"], "rank": [0, 1]}), {"budget": 2})
     >>> len(sel), sel.ids[0]
     (2, 'a')
@@ -133,21 +134,15 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
                              + (f" minus {len(exclude_rows)} excluded" if len(exclude_rows) else ""))
     config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
               "num_workers": num_workers}
-    fresh = output is not None and not storage.has_entries(output)
-    work = _prepare_output(output, config, resume, overwrite) if output else None
-    if output and storage.exists(storage.join(output, SELECTION)):  # resumed a finished run
-        return read_selection(output)
-
     import torch
 
-    job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
-    try:
+    with storage.removed_on_user_error(output):
+        work = _prepare_output(output, config, resume, overwrite) if output else None
+        if output and storage.exists(storage.join(output, SELECTION)):  # resumed a finished run
+            return read_selection(output)
+        job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
                      checkpoint_every=checkpoint_every, fail_at=_fail_at)
-    except ActiveftError:
-        if fresh:  # bad input found while loading (NaN, mixed dims): leave nothing behind
-            storage.delete(output)
-        raise
     rows = np.asarray(result["rows"], dtype=np.int64)
     table = store.take(rows, [c for c in ("id", "uri") if c in store.columns])
     table = table.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))

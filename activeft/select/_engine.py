@@ -91,49 +91,65 @@ def chunk_rows(k: int, dtype_bytes: int = 4) -> int:
     return max(1, CHUNK_BYTES // (max(k, 1) * dtype_bytes))
 
 
-def nearest(x: torch.Tensor, c: torch.Tensor, metric: str = "ip", backend: str | None = None):
-    """For each row of ``x``, the nearest row of ``c``: ``(index, score)``, without autograd.
+class FlatIndex:
+    """Exact nearest-row search among the rows of ``c``: ``search(x) -> (index, score)``, no autograd.
 
     ``metric="ip"``: largest inner product (cosine for unit vectors), score = the product;
     ``metric="l2"``: smallest Euclidean distance, score = the squared distance.
-    Candidates come from faiss's exact flat index for CPU tensors (blocked BLAS with a fused
-    top-k: faster than a chunked torch matmul, see benchmarks/RESULTS.md) and from chunked torch
+    Candidates come from ``faiss.knn`` for CPU tensors (blocked BLAS with a fused top-k, no copy of
+    ``c``; faster than a chunked torch matmul, see benchmarks/RESULTS.md) and from chunked torch
     matmuls on GPU (``backend="torch"`` forces those on CPU too). BLAS results move in the last
-    bit with blocking and thread count, so the best two candidates are re-scored row by row
-    and the better kept (ties to the smaller index): the answer is the same for any number of
-    workers and threads. Memory is bounded by :data:`CHUNK_BYTES`.
+    bit with blocking and thread count, so the best two candidates of a near-tie are re-scored
+    row by row and the better kept (ties to the smaller index), and returned scores are computed
+    row by row: the answer is the same for any number of workers and threads. With
+    ``scores=False`` only near-ties are re-scored and no score is returned. Memory is bounded by
+    :data:`CHUNK_BYTES`.
     """
-    k = min(2, len(c))
-    with torch.no_grad():
-        if (backend or ("faiss" if x.device.type == "cpu" else "torch")) == "faiss":
+
+    def __init__(self, c: torch.Tensor, metric: str = "ip", backend: str | None = None):
+        self.c, self.metric = c.detach(), metric
+        self.backend = backend or ("faiss" if c.device.type == "cpu" else "torch")
+
+    def _candidates(self, x: torch.Tensor, k: int):
+        if self.backend == "faiss":
             import faiss
 
-            index = (faiss.IndexFlatIP if metric == "ip" else faiss.IndexFlatL2)(c.shape[1])
-            index.add(c.detach().float().contiguous().numpy())
-            gap, cand = index.search(x.detach().float().contiguous().numpy(), k)
-            gap, cand = torch.from_numpy(gap), torch.from_numpy(cand).long()
-        else:
-            gap = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
-            cand = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-            half_norm = (c * c).sum(1) / 2 if metric == "l2" else None
-            step = chunk_rows(len(c))
-            for lo in range(0, len(x), step):
-                s = x[lo:lo + step] @ c.T
-                if half_norm is not None:
-                    s -= half_norm
-                gap[lo:lo + step], cand[lo:lo + step] = s.topk(k, dim=1)
-        idx = cand[:, 0].to(x.device)
-        score = _score(x, c, idx, metric)
-        if k == 2:  # near-ties: re-score the runner-up exactly and keep the better (ties: smaller index)
-            close = ((gap[:, 0] - gap[:, 1]).abs() <= 1e-4 * gap[:, 0].abs().clamp(min=1)).to(x.device)
-            rows = close.nonzero().squeeze(1)
-            if len(rows):
-                alt = cand[:, 1].to(x.device)[rows]
-                s_alt = _score(x[rows], c, alt, metric)
-                better = (s_alt > score[rows]) if metric == "ip" else (s_alt < score[rows])
-                better |= (s_alt == score[rows]) & (alt < idx[rows])
-                idx[rows[better]], score[rows[better]] = alt[better], s_alt[better]
-    return idx, score
+            metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+            value, cand = faiss.knn(x.detach().float().contiguous().numpy(),
+                                    self.c.float().contiguous().numpy(), k, metric=metric)
+            return torch.from_numpy(value).to(x.device), torch.from_numpy(cand).long().to(x.device)
+        value = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
+        cand = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+        half_norm = (self.c * self.c).sum(1) / 2 if self.metric == "l2" else None
+        step = chunk_rows(len(self.c))
+        for lo in range(0, len(x), step):
+            s = x[lo:lo + step] @ self.c.T
+            if half_norm is not None:
+                s -= half_norm
+            value[lo:lo + step], cand[lo:lo + step] = s.topk(k, dim=1)
+        return value, cand
+
+    def search(self, x: torch.Tensor, scores: bool = True):
+        k = min(2, len(self.c))
+        with torch.no_grad():
+            value, cand = self._candidates(x, k)
+            idx = cand[:, 0].clone()
+            if k == 2:  # near-ties: re-score both candidates exactly, keep the better (ties: smaller index)
+                gap = (value[:, 0] - value[:, 1]).abs() <= 1e-4 * value[:, 0].abs().clamp(min=1)
+                rows = gap.nonzero().squeeze(1)
+                if len(rows):
+                    first = _score(x[rows], self.c, idx[rows], self.metric)
+                    alt = cand[rows, 1]
+                    second = _score(x[rows], self.c, alt, self.metric)
+                    better = (second > first) if self.metric == "ip" else (second < first)
+                    better |= (second == first) & (alt < idx[rows])
+                    idx[rows[better]] = alt[better]
+            return idx, (_score(x, self.c, idx, self.metric) if scores else None)
+
+
+def nearest(x: torch.Tensor, c: torch.Tensor, metric: str = "ip", backend: str | None = None):
+    """For each row of ``x``, its nearest row of ``c``: ``(index, score)`` (see :class:`FlatIndex`)."""
+    return FlatIndex(c, metric, backend).search(x)
 
 
 def _score(x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor, metric: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import metrics
-from ._engine import Collectives, Pool, generator, log_every, nearest, sample_rows
+from ._engine import Collectives, FlatIndex, Pool, all_sum, chunk_rows, generator, log_every, sample_rows
 from ._registry import Param, Result, Selector, one_of, positive_int, register_selector
 from .mapping import greedy_unique
 
@@ -87,16 +87,20 @@ def lloyd(pool: Pool, comm: Collectives, centroids: torch.Tensor, iterations: in
     """
     history = list(history or [])
     every = log_every(iterations)
+    sq_norms = all_sum(float(pool.x.double().pow(2).sum()), comm, pool.device)
     for it in range(start, iterations):
-        idx, d2 = nearest(pool.x, centroids, "l2")
-        idx, d2 = idx.to(pool.device), d2.to(pool.device)
+        idx = FlatIndex(centroids, "l2").search(pool.x, scores=False)[0]
         k, dim = centroids.shape
-        packed = torch.zeros(k * dim + k + 1, dtype=torch.float64, device=pool.device)
-        packed[:k * dim].view(k, dim).index_add_(0, idx, pool.x.double())
-        packed[k * dim:-1] = torch.bincount(idx, minlength=k).double()
-        packed[-1] = d2.double().sum()
+        packed = torch.zeros(k * dim + k, dtype=torch.float64, device=pool.device)
+        step = chunk_rows(dim, 8)
+        for lo in range(0, len(pool.x), step):
+            packed[:k * dim].view(k, dim).index_add_(0, idx[lo:lo + step], pool.x[lo:lo + step].double())
+        packed[k * dim:] = torch.bincount(idx, minlength=k).double()
         comm.all_reduce(packed)
-        sums, counts, inertia = packed[:k * dim].view(k, dim), packed[k * dim:-1], packed[-1].item()
+        sums, counts = packed[:k * dim].view(k, dim), packed[k * dim:]
+        # sum_i |x_i - c_a(i)|^2 = sum |x|^2 - 2 sum_k c_k . S_k + sum_k n_k |c_k|^2, exactly from the sums
+        c64 = centroids.double()
+        inertia = sq_norms - 2 * float((c64 * sums).sum()) + float((counts * (c64 * c64).sum(1)).sum())
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids.double())
         empty = _split_empty(centroids, counts, pool.size, g)
         centroids = centroids.float()

@@ -1,0 +1,64 @@
+"""Label tables (``id,label``, CSV or Parquet) and the class map built from them.
+
+Labels may be strings or integers; they are kept as given. The class map orders classes
+numerically when every label is an integer (so 2 < 10) and lexically otherwise, and is
+recorded with every result that depends on it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import storage
+from .errors import LabelsError
+
+
+def _few(values, n: int = 3) -> str:
+    return ", ".join(repr(v) for v in list(values)[:n])
+
+
+def read_labels(source, what: str = "labels") -> pa.Table:
+    """An ``id,label`` table (a URI or an Arrow table): ids as strings, no nulls, no duplicate ids."""
+    try:
+        table = source if isinstance(source, pa.Table) else storage.read_table(str(source))
+    except Exception as e:
+        raise LabelsError(f"{what}: {e}") from e
+    missing = [c for c in ("id", "label") if c not in table.column_names]
+    if missing:
+        raise LabelsError(f"{what} table {source if isinstance(source, str) else ''} has no "
+                          f"{' and '.join(map(repr, missing))} column (columns: {', '.join(table.column_names)})")
+    table = table.select(["id", "label"] + [c for c in table.column_names if c not in ("id", "label")])
+    table = table.set_column(0, "id", pc.cast(table.column("id"), pa.string()))
+    if table.num_rows == 0:
+        raise LabelsError(f"{what} table is empty")
+    for name in ("id", "label"):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise LabelsError(f"{what} table has {nulls} rows without {'an id' if name == 'id' else 'a label'}")
+    counts = Counter(table.column("id").to_pylist())
+    dupes = sorted(k for k, v in counts.items() if v > 1)
+    if dupes:
+        raise LabelsError(f"{what} table has {len(dupes)} duplicate ids (e.g. {_few(dupes)})")
+    return table
+
+
+def class_map(labels) -> list:
+    """The sorted list of distinct classes; a class's index is its position."""
+    values = set(labels.to_pylist() if hasattr(labels, "to_pylist") else labels)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sorted(values)
+    return sorted(values, key=str)
+
+
+def check_against(table: pa.Table, expected_ids, what: str = "labels", expected: str = "the selection") -> None:
+    """Labels must cover exactly ``expected_ids``: no extra ids, none missing."""
+    have, want = set(table.column("id").to_pylist()), set(expected_ids)
+    extra, missing = sorted(have - want), sorted(want - have)
+    if extra:
+        raise LabelsError(f"{what} table has {len(extra)} ids that are not in {expected} (e.g. {_few(extra)})")
+    if missing:
+        raise LabelsError(f"{len(missing)} ids of {expected} have no label in the {what} table "
+                          f"(e.g. {_few(missing)})")
