@@ -166,6 +166,49 @@ def calibrate(
     typer.echo(f"{output}: {table.num_rows - pseudo} labeled + {pseudo} pseudo-labeled samples")
 
 
+@app.command()
+def finetune(
+    store: Annotated[str, typer.Argument(help="Embedding store holding the training ids.")],
+    train: Annotated[str, typer.Option(help="Table 'id,label' (.csv/.parquet): labels of a selection, or "
+                                            "ActiveDC's calibrated.parquet.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Run directory (local or s3://).")],
+    mode: Annotated[str, typer.Option(help="linear (head on stored embeddings), full (Ray Train on images) or "
+                                           "lp-ft (linear probe, then full).")] = "linear",
+    val: Annotated[str | None, typer.Option(help="Held-out 'id,label' table of the same store.")] = None,
+    val_store: Annotated[str | None, typer.Option(help="A second store whose 'label' column is the ground "
+                                                       "truth (e.g. an embedded test set).")] = None,
+    model: Annotated[str | None, typer.Option(help="timm model for full / lp-ft (default: the store's).")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Weights: hub, none or a path (default: the "
+                                                        "store's).")] = None,
+    head: Annotated[str, typer.Option(help="linear: 'linear' (logistic regression) or 'mlp' (ASVP's "
+                                           "proxy).")] = "linear",
+    epochs: Annotated[int | None, typer.Option(help="full / lp-ft: epochs (default 50); linear: L-BFGS "
+                                                    "iterations (500) or MLP epochs (50).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (full: 0.01 x global batch / 512).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per worker and step.")] = 64,
+    weight_decay: Annotated[float | None, typer.Option(help="linear: 1/n (sklearn C=1); full: 1e-4.")] = None,
+    eval_every: Annotated[int, typer.Option(help="Epochs between validations and checkpoints.")] = 5,
+    num_workers: Annotated[int, typer.Option(help="Ray Train workers (full, lp-ft).")] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Train on GPUs (DDP over nccl, bf16).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_failures: Annotated[int, typer.Option(help="Worker-group restarts from the last checkpoint.")] = 3,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+):
+    """Finetune on the labeled set: a linear head on the embeddings, or the whole backbone on Ray Train.
+
+    Example: activeft finetune stores/pool --train cal/calibrated.parquet --val-store stores/test -o runs/r1 --mode full
+    """
+    from .finetune import finetune as run
+
+    info = run(store, train=train, output=output, mode=mode, val=val, val_store=val_store, model=model,
+               pretrained=pretrained, head=head, epochs=epochs, lr=lr, batch_size=batch_size,
+               weight_decay=weight_decay, eval_every=eval_every, num_workers=num_workers, use_gpu=use_gpu,
+               seed=seed, max_failures=max_failures, resume=resume, overwrite=overwrite)
+    typer.echo(f"{output}: {mode} on {info['config']['train_rows']} samples, {len(info['classes'])} classes; "
+               f"val top-1 final {info['final_val_accuracy']}, best {info['best_val_accuracy']}")
+
+
 @app.command("demo-data")
 def demo_data(
     folder: Annotated[str, typer.Argument(help="Folder to write the PNG files into.")] = "data/digits",

@@ -9,13 +9,9 @@ last, ``_manifest.json``.
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import os
-import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -25,11 +21,11 @@ from ray.data import Datasink
 from . import _ray, _shards, metrics, sources, storage
 from .backbone import BackboneSpec, Preprocess, pooled_features
 from .errors import OutputExistsError, ParameterError, StoreError, TooManyErrors, check
+from .images import read_images
 from .store import DTYPES, ERRORS, MANIFEST, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
 RUN = "run.json"
-_BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino", pretrained: str = "hub",
@@ -232,43 +228,13 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
     ds.write_datasink(ShardSink(output, todo, columns))
 
 
-@functools.lru_cache(maxsize=4)
-def _preprocess(config_key: tuple) -> Preprocess:
-    return Preprocess(dict(config_key))
-
-
 def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
     """Read, decode and preprocess each row's image; failures become an ``error`` string."""
-    from PIL import Image
-
-    pre = _preprocess(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
-    _, h, w = config["input_size"]
-    uris = batch.column("uri").to_pylist()
-    with ThreadPoolExecutor(8) as pool:  # object-store latency: fetch concurrently, decode serially
-        blobs = list(pool.map(_fetch, uris))
-    images = np.zeros((len(uris), 3 * h * w), np.uint8)
-    errors = []
-    for i, blob in enumerate(blobs):
-        try:
-            if isinstance(blob, Exception):
-                raise blob
-            with Image.open(io.BytesIO(blob)) as img:
-                img.load()
-                images[i] = pre(img).reshape(-1)
-            errors.append("")
-        except Exception as e:  # any unreadable input is recorded, never fatal
-            errors.append(f"{type(e).__name__}: {_BUFFER.sub('', storage._first_line(e))}")
-    bad = sum(1 for e in errors if e)
-    metrics.inc("activeft_decode_errors", bad, stage="embed")
-    image_col = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 3 * h * w)
+    images, errors = read_images(batch.column("uri").to_pylist(), config)
+    metrics.inc("activeft_decode_errors", sum(1 for e in errors if e), stage="embed")
+    flat = images.reshape(len(images), -1)
+    image_col = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
     return batch.append_column("image", image_col).append_column("error", pa.array(errors, pa.string()))
-
-
-def _fetch(uri: str):
-    try:
-        return storage.read_bytes(uri)
-    except Exception as e:  # returned, so the decode loop records it for this row only
-        return e
 
 
 class Embedder:

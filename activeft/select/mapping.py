@@ -4,8 +4,8 @@ The official code (``ActiveFT_CIFAR.py``, ``optimize_dist``) sorts each centroid
 similarity to all N samples and, in centroid index order, gives each centroid its most
 similar sample not taken yet, so earlier centroids win conflicts and exactly K distinct
 samples come out. Here each worker proposes its top-T candidates per centroid, the candidates
-are merged (ties to the smaller row), and centroids are resolved in order until one has no
-free candidate left; the rest go to another round with taken rows masked out and a larger T.
+are merged (ties to the smaller row), and centroids are resolved in order; one whose
+candidates are all taken gets a deeper search of its own, with taken rows masked out.
 Only candidates scoring above every worker's T-th candidate are known to be in global order,
 so only those are used; candidate scores are recomputed row by row (BLAS results move in the
 last bit with blocking). That reproduces the sequential greedy exactly, for any number of
@@ -46,6 +46,20 @@ def _local_topk(pool: Pool, c: torch.Tensor, t: int, taken: torch.Tensor):
     return best_v, best_r
 
 
+def _candidates(pool: Pool, comm: Collectives, c: torch.Tensor, t: int, taken: torch.Tensor):
+    """Merged candidate lists of all workers, sorted by score then row, and each list's frontier:
+    the highest of the workers' t-th scores. Only candidates above it are known to be in global
+    order (a worker's unseen rows score at most its own t-th); -inf when every free row is listed."""
+    v, r = _local_topk(pool, c, t, taken)
+    v, r = comm.all_gather(v), comm.all_gather(r)
+    frontier = v[:, :, -1].max(0).values.cpu()
+    v, r = v.permute(1, 0, 2).flatten(1), r.permute(1, 0, 2).flatten(1)
+    order = torch.sort(r, dim=1, stable=True).indices  # equal scores -> smaller row first
+    v, r = v.gather(1, order), r.gather(1, order)
+    order = torch.sort(-v, dim=1, stable=True).indices
+    return v.gather(1, order).cpu(), r.gather(1, order).cpu(), frontier
+
+
 def greedy_unique(pool: Pool, comm: Collectives, centroids: torch.Tensor, taken=(), candidates: int = 16):
     """Map each centroid (in index order) to its most similar pool row not taken yet.
 
@@ -58,6 +72,11 @@ def greedy_unique(pool: Pool, comm: Collectives, centroids: torch.Tensor, taken=
     Returns
     -------
     rows, similarity : CPU tensors of length K; ``rows`` are distinct global rows.
+
+    One batched search gives every centroid its top candidates; a centroid whose usable
+    candidates are all taken by earlier centroids gets a deeper search of its own (taken rows
+    masked, the list doubled until it resolves). Every rank runs the same resolution, so all of
+    them call the deeper searches together.
     """
     k = len(centroids)
     taken_set = {int(r) for r in taken}
@@ -66,30 +85,19 @@ def greedy_unique(pool: Pool, comm: Collectives, centroids: torch.Tensor, taken=
     local_taken[idx] = True
     rows = torch.full((k,), -1, dtype=torch.long)
     sims = torch.zeros(k)
-    first, t = 0, candidates
-    while first < k:
-        v, r = _local_topk(pool, centroids[first:], t, local_taken)
-        v, r = comm.all_gather(v), comm.all_gather(r)
-        # the merged lists are the true global order only above the highest of the workers' t-th
-        # scores (a worker's unseen rows rank below its own t-th); beyond it a centroid must wait
-        frontier = v[:, :, -1].max(0).values.cpu()
-        v, r = v.permute(1, 0, 2).flatten(1), r.permute(1, 0, 2).flatten(1)
-        order = torch.sort(r, dim=1, stable=True).indices  # ties in similarity -> smaller row first
-        v, r = v.gather(1, order), r.gather(1, order)
-        order = torch.sort(-v, dim=1, stable=True).indices
-        v, r = v.gather(1, order).cpu(), r.gather(1, order).cpu()
-        for j in range(k - first):
-            pick = next((i for i in range(r.shape[1]) if v[j, i] > frontier[j] or frontier[j] == -torch.inf
-                         if r[j, i] >= 0 and int(r[j, i]) not in taken_set), None)
-            if pick is None:
-                break  # every candidate of this centroid is taken: later centroids must wait for it
-            row = int(r[j, pick])
-            rows[first + j], sims[first + j] = row, v[j, pick]
-            taken_set.add(row)
-            if pool.offset <= row < pool.offset + len(pool.x):
-                local_taken[row - pool.offset] = True
-        else:
-            j = k - first
-        first += j
-        t *= 2
+    v, r, frontier = (a.tolist() for a in _candidates(pool, comm, centroids, candidates, local_taken))
+    for j in range(k):
+        vj, rj, fj, t = v[j], r[j], frontier[j], candidates
+        while True:
+            pick = next((i for i, (score, row) in enumerate(zip(vj, rj, strict=True))
+                         if row >= 0 and (score > fj or fj == -float("inf")) and row not in taken_set), None)
+            if pick is not None:
+                break
+            t *= 2  # every usable candidate is taken: look deeper, for this centroid alone
+            vj, rj, fj = (a.tolist()[0] for a in _candidates(pool, comm, centroids[j:j + 1], t, local_taken))
+        row = rj[pick]
+        rows[j], sims[j] = row, vj[pick]
+        taken_set.add(row)
+        if pool.offset <= row < pool.offset + len(pool.x):
+            local_taken[row - pool.offset] = True
     return rows, sims

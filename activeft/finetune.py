@@ -1,0 +1,345 @@
+"""The finetune stage: train the model the selection was for.
+
+Modes:
+
+- ``linear``: the backbone stays frozen; a head is trained on the stored embeddings of the
+  training ids (no image is read): logistic regression (L-BFGS) or, with ``head="mlp"``,
+  ASVP's MLP (:mod:`activeft.heads`). Runs in this process, anywhere; the CPU benchmarks use it.
+- ``full``: a Ray Train ``TorchTrainer`` over a Ray Data dataset of the training images, decoded
+  and augmented per epoch (timm's RandomResizedCrop + flip), the store's timm backbone and weights
+  with a new head; the DeiT recipe of the papers, scaled for small sets (:mod:`activeft._trainer`).
+- ``lp-ft``: the linear probe first (on the embeddings), then full finetuning from it (ASVP's
+  choice for few labels).
+
+The classifier is the timm backbone's pooled pre-logits, L2-normalised (what the store holds),
+then a linear head, so a head trained on stored embeddings is the same function on images.
+``RUN/model.safetensors`` keeps timm's key names (the head under the model's classifier name);
+:func:`load_model` rebuilds the module. ``RUN/classes.json`` and ``RUN/metrics.json`` (per-epoch
+history, best and final validation top-1, config) sit beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import __version__, metrics, storage
+from .backbone import BackboneSpec, pooled_features
+from .errors import LabelsError, ModelError, OutputExistsError, StoreError, check
+from .heads import MLP, train_linear, train_mlp
+from .labels import class_map, read_labels
+from .store import EmbeddingStore, embedding_matrix
+
+log = logging.getLogger(__name__)
+MODES = ("linear", "full", "lp-ft")
+METRICS = "metrics.json"
+
+
+class Classifier(nn.Module):
+    """timm backbone -> pooled pre-logits -> L2-normalise -> linear head (``backbone`` may be None:
+    then the input is the stored embedding itself)."""
+
+    def __init__(self, backbone: nn.Module | None, head: nn.Module, classifier_name: str = "head"):
+        super().__init__()
+        self.backbone, self.head, self.classifier_name = backbone, head, classifier_name
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.backbone is None else F.normalize(pooled_features(self.backbone, x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def timm_state_dict(self) -> dict:
+        """Backbone keys as timm names them, the head under the model's classifier name."""
+        state = {} if self.backbone is None else dict(self.backbone.state_dict())
+        state.update({f"{self.classifier_name}.{k}": v for k, v in self.head.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def build_classifier(spec: BackboneSpec | None, dim: int, n_classes: int, head: str = "linear",
+                     drop_path_rate: float | None = None) -> tuple[Classifier, dict | None]:
+    if spec is None:
+        backbone, record, name = None, None, "head"
+    else:
+        backbone, record = spec.build(drop_path_rate=drop_path_rate)
+        cls = backbone.pretrained_cfg.get("classifier") or "head"
+        name = cls if isinstance(cls, str) else cls[0]
+    module = MLP(dim, n_classes) if head == "mlp" else nn.Linear(dim, n_classes)
+    return Classifier(backbone, module, name), record
+
+
+def load_model(run: str) -> tuple[Classifier, list]:
+    """The finetuned classifier of a finished run, in eval mode, and its classes.
+
+    Examples
+    --------
+    >>> import activeft
+    >>> activeft.load_model("no/such/run")
+    Traceback (most recent call last):
+    ...
+    activeft.errors.StoreError: no/such/run is not a finished finetuning run (no metrics.json)
+    """
+    from safetensors.torch import load
+
+    if not storage.exists(storage.join(run, METRICS)):
+        raise StoreError(f"{run} is not a finished finetuning run (no {METRICS})")
+    info = storage.read_json(storage.join(run, METRICS))
+    cfg = info["config"]
+    spec = BackboneSpec(cfg["model"], "none", cfg.get("image_size")) if cfg.get("model") else None
+    model, _ = build_classifier(spec, info["dim"], len(info["classes"]), cfg["head"])
+    state = load(storage.read_bytes(storage.join(run, "model.safetensors")))
+    prefix = model.classifier_name + "."
+    model.head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    if model.backbone is not None:
+        model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
+    return model.eval(), info["classes"]
+
+
+def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_store=None, model: str | None = None,
+             pretrained: str | None = None, epochs: int | None = None, lr: float | None = None,
+             batch_size: int = 64, weight_decay: float | None = None, head: str = "linear", eval_every: int = 5,
+             num_workers: int = 1, use_gpu: bool = False, seed: int = 0, max_failures: int = 3,
+             resume: bool = False, overwrite: bool = False, _fail_at: int | None = None) -> dict:
+    """Train a classifier on the labeled (and pseudo-labeled) training table.
+
+    Parameters
+    ----------
+    store : str or EmbeddingStore
+        The embedding store holding the training ids (their embeddings and image uris).
+    train : str or pyarrow.Table
+        ``id,label`` table: the labels that came back for a selection, or ActiveDC's
+        ``calibrated.parquet`` (pseudo-labeled rows included).
+    output : str
+        Run directory: ``model.safetensors``, ``classes.json``, ``metrics.json``; Ray Train
+        checkpoints under ``_work/``.
+    mode : {"linear", "full", "lp-ft"}
+    val : str or pyarrow.Table, optional
+        Held-out ``id,label`` rows of the same store.
+    val_store : str, optional
+        A second store whose ``label`` column is the ground truth (e.g. an embedded test set).
+    model, pretrained : str, optional
+        Backbone for full / lp-ft; default the store's own (manifest).
+    epochs : int, optional
+        linear: L-BFGS iterations (default 500) or MLP epochs (50); full / lp-ft: epochs (50).
+    lr : float, optional
+        full: 0.01 x global batch / 512 (the official recipe); mlp: 0.1.
+    batch_size : int, default=64
+        Images per worker and step (full, lp-ft).
+    weight_decay : float, optional
+        linear: 1 / n (scikit-learn's C=1); full: 1e-4.
+    head : {"linear", "mlp"}
+    eval_every : int, default=5
+        Epochs between validations (and checkpoints) in full / lp-ft; the last epoch always.
+    num_workers, use_gpu : Ray Train workers for full / lp-ft (DDP; nccl on GPU, bf16 autocast).
+    max_failures : int, default=3
+        Worker-group restarts from the last checkpoint (Ray Train ``FailureConfig``).
+    resume, overwrite : bool
+        Continue the run in ``output`` (same config), or replace it.
+
+    Returns
+    -------
+    dict
+        The content of ``metrics.json``.
+
+    Examples
+    --------
+    >>> import activeft, numpy as np, pyarrow as pa, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32") + np.repeat(np.eye(4)[:2] * 4, 20, 0)
+    >>> np.save(f"{d}/x.npy", x)
+    >>> _ = open(f"{d}/ids.txt", "w").write("\\n".join(f"i{j}" for j in range(40)))
+    >>> store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
+    >>> labels = pa.table({"id": [f"i{j}" for j in range(40)], "label": ["a"] * 20 + ["b"] * 20})
+    >>> m = activeft.finetune(store, train=labels.slice(0, 30), val=labels.slice(30), output=f"{d}/run")
+    >>> m["classes"], m["final_val_accuracy"]
+    (['a', 'b'], 1.0)
+    """
+    owner = "finetune"
+    start = time.perf_counter()
+    check(mode in MODES, "mode", owner, "one of " + ", ".join(MODES), mode)
+    check(head in ("linear", "mlp"), "head", owner, "'linear' or 'mlp'", head)
+    check(head == "linear" or mode == "linear", "head", owner, "'linear' for full and lp-ft", head)
+    for name, value in (("batch_size", batch_size), ("eval_every", eval_every), ("num_workers", num_workers)):
+        check(isinstance(value, int) and value >= 1, name, owner, "an int >= 1", value)
+    check(epochs is None or (isinstance(epochs, int) and epochs >= 1), "epochs", owner, "an int >= 1", epochs)
+    check(lr is None or lr > 0, "lr", owner, "a float > 0", lr)
+    check(weight_decay is None or weight_decay >= 0, "weight_decay", owner, "a float >= 0", weight_decay)
+    check(val is None or val_store is None, "val", owner, "unset when val_store is given (pick one)", val)
+    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    table = read_labels(train, "train")
+    classes = class_map(table.column("label"))
+    if len(classes) < 2:
+        raise LabelsError(f"the train table has a single class ({classes[0]!r}); a classifier needs at least two")
+    rows = store.rows_of(table.column("id").to_pylist(), "train ids")
+    target = np.array([classes.index(v) for v in table.column("label").to_pylist()])
+    val_source, val_rows, val_target = _validation(store, val, val_store, classes)
+    spec = _backbone(store, model, pretrained) if mode != "linear" else None
+    backbone = spec or _store_spec(store)
+    config = {"mode": mode, "head": head, "model": backbone.model if backbone else None,
+              "pretrained": backbone.pretrained if backbone else None,
+              "image_size": backbone.image_size if backbone else None,
+              "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+              "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
+              "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
+    output = storage.absolute(output)
+    with storage.removed_on_user_error(output):
+        done = _prepare_output(output, config, resume, overwrite)
+        if done is not None:
+            return done
+        x = torch.from_numpy(embedding_matrix(store.take(rows, ["embedding"]).column("embedding")))
+        if mode == "linear":
+            classifier, history = _fit_head(x, torch.from_numpy(target), len(classes), head, epochs, weight_decay,
+                                            lr, seed)
+            if val_rows is not None:
+                accuracy = _accuracy(classifier, val_source.embeddings_of(val_rows), val_target)
+                history[-1]["val_accuracy"] = accuracy
+            if backbone is not None:  # the full model: the store's backbone with the trained head
+                full, _ = build_classifier(backbone, store.dim, len(classes), head)
+                full.head = classifier.head
+                classifier = full
+            state, best_epoch = classifier.timm_state_dict(), len(history) - 1
+        else:
+            from ._trainer import fit
+
+            head_init = None
+            if mode == "lp-ft":
+                head_init = train_linear(x, torch.from_numpy(target), len(classes), weight_decay=weight_decay)
+                head_init = {k: v.detach() for k, v in head_init.state_dict().items()}
+            state, history, best_epoch = fit(
+                store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, output,
+                resume=resume, max_failures=max_failures, fail_at=_fail_at)
+        info = _finish(output, store, classes, config, state, history, best_epoch, start)
+    log.info("finetune: %s on %d samples, %d classes: final val top-1 %s, best %s -> %s", mode, len(rows),
+             len(classes), info["final_val_accuracy"], info["best_val_accuracy"], output)
+    return info
+
+
+def _fit_head(x, y, n_classes, head, epochs, weight_decay, lr, seed):
+    losses: list = []
+    if head == "mlp":
+        module = train_mlp(x, y, n_classes, epochs=epochs or 50, lr=lr or 0.1, seed=seed, history=losses)
+    else:
+        module = train_linear(x, y, n_classes, weight_decay=weight_decay, max_iter=epochs or 500, history=losses)
+    classifier = Classifier(None, module)
+    with torch.no_grad():
+        train_acc = float((classifier(x).argmax(1) == y).float().mean())
+    metrics.set("activeft_train_loss", losses[-1], stage="finetune")
+    history = [{"epoch": i, "loss": v} for i, v in enumerate(losses)]
+    history[-1]["train_accuracy"] = train_acc
+    return classifier, history
+
+
+class _ValSource:
+    """Where validation rows live: a store (embeddings and uris) and its row numbers."""
+
+    def __init__(self, store: EmbeddingStore):
+        self.store = store
+
+    def embeddings_of(self, rows) -> torch.Tensor:
+        return torch.from_numpy(embedding_matrix(self.store.take(rows, ["embedding"]).column("embedding")))
+
+    def uris_of(self, rows) -> list[str]:
+        if "uri" not in self.store.columns:
+            raise StoreError(f"store {self.store.uri} has no image uris; full finetuning needs images")
+        return self.store.take(rows, ["uri"]).column("uri").to_pylist()
+
+
+def _validation(store, val, val_store, classes):
+    if val is None and val_store is None:
+        return None, None, None
+    if val is not None:
+        table, source = read_labels(val, "val"), _ValSource(store)
+        rows = store.rows_of(table.column("id").to_pylist(), "val ids")
+        labels = table.column("label").to_pylist()
+    else:
+        other = val_store if isinstance(val_store, EmbeddingStore) else EmbeddingStore(val_store)
+        if not other.has_labels:
+            raise StoreError(f"val store {other.uri} has no 'label' column")
+        source, rows = _ValSource(other), np.arange(len(other))
+        labels = other.read(columns=["label"]).column("label").to_pylist()
+    known = {str(c): i for i, c in enumerate(classes)}
+    unseen = sum(str(v) not in known for v in labels)
+    if unseen:
+        log.warning("finetune: %d of %d validation rows have classes never seen in training; they count as errors",
+                    unseen, len(labels))
+    return source, rows, np.array([known.get(str(v), -1) for v in labels])
+
+
+def _accuracy(classifier, x, target) -> float:
+    with torch.no_grad():
+        return float((classifier(x).argmax(1).numpy() == target).mean())
+
+
+def _store_spec(store: EmbeddingStore) -> BackboneSpec | None:
+    b = store.manifest.get("backbone") or {}
+    return BackboneSpec(b["model"], b.get("pretrained", "hub"), b.get("image_size")) if b.get("model") else None
+
+
+def _backbone(store, model, pretrained) -> BackboneSpec:
+    spec = _store_spec(store)
+    if model is None and spec is None:
+        raise ModelError(f"store {store.uri} has no backbone (imported embeddings); full finetuning needs "
+                         "--model and --pretrained")
+    if "uri" not in store.columns:
+        raise StoreError(f"store {store.uri} has no image uris; full finetuning needs images")
+    if model is not None and spec is not None and model != spec.model:
+        log.warning("finetune: training %s although the store was embedded with %s", model, spec.model)
+    spec = BackboneSpec(model or spec.model, pretrained or (spec.pretrained if spec else "hub"),
+                        spec.image_size if spec else None)
+    spec.build()  # fail now, with one line, if the backbone cannot be built
+    return spec
+
+
+def _describe_val(val, val_store):
+    if val_store is not None:
+        return {"store": str(getattr(val_store, "uri", val_store))}
+    if val is not None:
+        return {"table": val if isinstance(val, str) else f"{val.num_rows} rows"}
+    return None
+
+
+def _prepare_output(output: str, config: dict, resume: bool, overwrite: bool) -> dict | None:
+    cfg = storage.join(output, "_work", "config.json")
+    if storage.has_entries(output):
+        ours = storage.exists(cfg) or storage.exists(storage.join(output, METRICS))
+        if overwrite:
+            if not ours:
+                raise OutputExistsError(f"output {output} is not empty and is not a finetuning run; "
+                                        "refusing to overwrite it")
+            storage.delete(output)
+        elif resume:
+            if storage.exists(cfg) and storage.read_json(cfg) != config:
+                before = storage.read_json(cfg)
+                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+                raise OutputExistsError(f"output {output} was started with a different config "
+                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)})")
+            if storage.exists(storage.join(output, METRICS)):
+                return storage.read_json(storage.join(output, METRICS))
+        else:
+            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
+                                    "or --overwrite to replace it")
+    storage.check_writable(output)
+    storage.write_json(cfg, config)
+    return None
+
+
+def _finish(output, store, classes, config, state, history, best_epoch, start) -> dict:
+    from safetensors.torch import save
+
+    vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+    info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config, "classes": classes, "dim": store.dim, "history": history,
+            "final_val_accuracy": vals[-1] if vals else None, "best_val_accuracy": max(vals) if vals else None,
+            "exported_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 3)}
+    if vals:
+        metrics.set("activeft_train_accuracy", vals[-1], stage="finetune")
+    storage.write_bytes(storage.join(output, "model.safetensors"), save(state))
+    storage.write_json(storage.join(output, "classes.json"), classes)
+    storage.write_json(storage.join(output, METRICS), info)
+    return info
+

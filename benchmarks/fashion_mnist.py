@@ -1,0 +1,90 @@
+"""Fashion-MNIST from Debian's ``dataset-fashion-mnist`` as embedding stores.
+
+Pool: the 60,000 training images; test set: the 10,000 test images. On CPU machines there is
+no pretrained image backbone to download, so the stand-in "pretrained" representation is
+unsupervised and fitted on the unlabeled pool only: whitened PCA of the pixels to 64 dims,
+L2-normalised. The true labels are stored in the ``label`` column: the benchmarks use them as
+the annotation oracle and to score the test set; selection and calibration never read them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DIR = "/usr/share/datasets/fashion-mnist"
+FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def ensure() -> None:
+    """Install the Debian package with the project's script when the files are missing."""
+    if not all(os.path.exists(os.path.join(DIR, f)) for pair in FILES.values() for f in pair):
+        subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_fashion_mnist.sh")],
+                       check=True)
+
+
+def _idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 28, 28) uint8, labels (N,) int)`` of ``"train"`` or ``"test"``."""
+    ensure()
+    images, labels = FILES[split]
+    return _idx(os.path.join(DIR, images)), _idx(os.path.join(DIR, labels)).astype(np.int64)
+
+
+def whitened_pca(pool: np.ndarray, dims: int = 64):
+    """A function pixels -> whitened PCA features, fitted on ``pool`` (N, 784) only."""
+    x = pool.reshape(len(pool), -1).astype(np.float64) / 255
+    mean = x.mean(0)
+    vals, vecs = np.linalg.eigh(np.cov((x - mean).T))
+    top = np.argsort(vals)[::-1][:dims]
+    proj = vecs[:, top] / np.sqrt(vals[top])
+
+    def transform(images: np.ndarray) -> np.ndarray:
+        f = (images.reshape(len(images), -1).astype(np.float64) / 255 - mean) @ proj
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+
+    return transform
+
+
+def subset(n: int, size: int | None, seed: int = 0) -> np.ndarray:
+    """Rows of a class-agnostic random subset (all rows when ``size`` is None)."""
+    return np.arange(n) if size is None or size >= n else np.sort(np.random.default_rng(seed).choice(n, size, False))
+
+
+def build_stores(workdir: str, pool_size: int | None = None, test_size: int | None = None, dims: int = 64):
+    """``(pool_store, test_store)`` with PCA features, written once under ``workdir`` and reused."""
+    import activeft
+
+    name = f"fmnist-pca{dims}-{pool_size or 'all'}-{test_size or 'all'}"
+    root = os.path.join(workdir, name)
+    stores = {split: os.path.join(root, split) for split in ("pool", "test")}
+    if all(os.path.exists(os.path.join(s, "_manifest.json")) for s in stores.values()):
+        return activeft.EmbeddingStore(stores["pool"]), activeft.EmbeddingStore(stores["test"])
+    xtr, ytr = load("train")
+    xte, yte = load("test")
+    rows_tr, rows_te = subset(len(xtr), pool_size), subset(len(xte), test_size, seed=1)
+    xtr, ytr, xte, yte = xtr[rows_tr], ytr[rows_tr], xte[rows_te], yte[rows_te]
+    transform = whitened_pca(xtr, dims)  # fitted on the pool only, labels unused
+    out = []
+    for split, x, y, rows in (("pool", xtr, ytr, rows_tr), ("test", xte, yte, rows_te)):
+        os.makedirs(root, exist_ok=True)
+        table = pa.table({"id": [f"{'train' if split == 'pool' else 'test'}-{r:05d}" for r in rows],
+                          "embedding": list(transform(x)), "label": y})
+        path = os.path.join(root, f"{split}.parquet")
+        pq.write_table(table, path)
+        out.append(activeft.import_embeddings(path, stores[split], overwrite=True, partition_size=10_000))
+    return tuple(out)
