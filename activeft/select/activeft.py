@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
-from ._engine import Collectives, Pool, chunk_rows, generator, log_every, nearest, sample_rows
+from ._engine import Collectives, FlatIndex, Pool, chunk_rows, generator, log_every, sample_rows
 from ._registry import Param, Result, Selector, one_of, positive_float, positive_int, register_selector
 from .fds import k_center_greedy
 from .kmeans import kmeans_plusplus
@@ -82,19 +82,19 @@ def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: tor
         c64 = c.double()  # the B x B terms in float64: BLAS may split their reductions by thread count
         z = partition(c64, tau)
         x = pool.x if rows is None else pool.x[rows]
-        idx, score = nearest(x, c, "ip")
-        idx, a = idx.to(pool.device), score.to(pool.device).double() / tau
-        log_bz = (math.log(balance) if balance > 0 else -math.inf) + z.log()[idx]
-        loss = (torch.logaddexp(a, log_bz) - a).sum()
-        w = torch.sigmoid(a - log_bz) - 1  # s / (s + lambda Z) - 1
+        idx = FlatIndex(c, "ip").search(x, scores=False)[0]
+        log_bz = (math.log(balance) if balance > 0 else -math.inf) + z.log()
         k_all, dim = c.shape
         packed = torch.zeros(k_all * dim + k_all + 1, dtype=torch.float64, device=pool.device)
         grad_c, grad_logz = packed[:k_all * dim].view(k_all, dim), packed[k_all * dim:-1]
         step = chunk_rows(dim, 8)
         for lo in range(0, len(x), step):
-            grad_c.index_add_(0, idx[lo:lo + step], x[lo:lo + step].double().mul_(w[lo:lo + step, None]))
-        grad_logz.index_add_(0, idx, -w)
-        packed[-1] = loss
+            i, xs = idx[lo:lo + step], x[lo:lo + step]
+            a = (xs * c[i]).sum(1).double() / tau  # the arg-max score, row by row (thread-invariant)
+            w = torch.sigmoid(a - log_bz[i]) - 1  # s / (s + lambda Z) - 1
+            packed[-1] += (torch.logaddexp(a, log_bz[i]) - a).sum()
+            grad_c.index_add_(0, i, xs.double().mul_(w[:, None]))
+            grad_logz.index_add_(0, i, -w)
         total = comm.all_reduce(packed) / n
         grad_c = total[:k_all * dim].view(k_all, dim)[k_fixed:] / tau
         grad_z = total[k_all * dim:-1][k_fixed:] / z[k_fixed:]  # d/dZ_k from d/dlog Z_k
