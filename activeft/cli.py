@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import ActiveftError
+from .errors import ActiveftError, ConfigError, suggest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
@@ -207,6 +207,37 @@ def finetune(
                seed=seed, max_failures=max_failures, resume=resume, overwrite=overwrite)
     typer.echo(f"{output}: {mode} on {info['config']['train_rows']} samples, {len(info['classes'])} classes; "
                f"val top-1 final {info['final_val_accuracy']}, best {info['best_val_accuracy']}")
+
+
+@app.command("run")
+def run_pipeline(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline: curate (embed, select, report, export), train "
+                                                 "(calibrate, finetune, evaluate) or loop (multi-round ASVP).")],
+    config: Annotated[str, typer.Option(help="Pipeline config (YAML, local or s3://).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, "
+                                                                 "e.g. --set select.budget=2% (repeatable).")] = None,
+    date: Annotated[str | None, typer.Option(help="The {date} of a scheduled run (default: today, UTC).")] = None,
+):
+    """Run a pipeline from a config, resuming at its first unfinished stage.
+
+    The same modules run on a cluster: ray job submit --working-dir . -- python pipelines/curate.py --config X.yaml
+
+    Example: activeft run curate --config configs/demo.yaml --set select.method=kmeans
+    """
+    import importlib
+
+    from .config import load_config
+
+    try:
+        module = importlib.import_module(f"activeft.pipelines.{pipeline}")
+    except ModuleNotFoundError:
+        import pkgutil
+
+        from . import pipelines
+
+        names = [m.name for m in pkgutil.iter_modules(pipelines.__path__)]
+        raise ConfigError(suggest(pipeline, names, "pipeline")) from None
+    module.run(load_config(config, set_ or [], date))
 
 
 @app.command("demo-data")

@@ -26,7 +26,8 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 def ensure() -> None:
     """Install the Debian package with the project's script when the files are missing."""
     if not all(os.path.exists(os.path.join(DIR, f)) for pair in FILES.values() for f in pair):
-        subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_fashion_mnist.sh")],
+        subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                     "install_debian_packages.sh")],
                        check=True)
 
 

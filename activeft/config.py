@@ -1,0 +1,208 @@
+"""Pipeline configs: YAML validated with pydantic, ``--set key=value`` overrides, one-line errors.
+
+One schema serves every pipeline; each pipeline requires the sections it uses. String values
+may use ``{date}`` (the UTC date of the run, ``YYYY-MM-DD``: scheduled runs write into a dated
+prefix) and ``{output}`` (the resolved ``output``). A wrong key, type or value fails before any
+work starts with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import storage
+from .errors import ActiveftError, ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedConfig(_Section):
+    source: str
+    store: str = "{output}/store"
+    model: str = "vit_small_patch16_224.dino"
+    pretrained: str = "hub"
+    image_size: int | None = Field(None, ge=8)
+    batch_size: int = Field(64, ge=1)
+    num_actors: int | str | None = None
+    gpus_per_actor: float | None = Field(None, gt=0)
+    partition_size: int = Field(10_000, ge=1)
+    dtype: Literal["float32", "float16"] = "float32"
+    max_error_fraction: float = Field(0.01, ge=0, le=1)
+
+
+class SelectConfig(_Section):
+    method: str = "activeft"
+    budget: int | str
+    output: str = "{output}/selection"
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+    exclude: str | None = None
+    checkpoint_every: int = Field(25, ge=0)
+    params: dict[str, Any] = {}
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v):
+        from .select import list_selectors
+
+        if v not in list_selectors():
+            raise ValueError(f"must be one of {', '.join(list_selectors())}")
+        return v
+
+
+class ReportConfig(_Section):
+    enabled: bool = True
+    sample: int = Field(5000, ge=10)
+    clusters: int = Field(20, ge=2)
+
+
+class ExportConfig(_Section):
+    output: str = "{output}/export"
+    label_studio: bool = True
+    presign: bool = False
+    expires: int = Field(7 * 24 * 3600, ge=1)
+
+
+class CalibrateConfig(_Section):
+    enabled: bool = True
+    output: str = "{output}/calibration"
+    alpha: float = Field(0.7, ge=0)
+    xi: float = Field(0.2, ge=0)
+    tukey_lambda: float = 0.5
+    clusters: int | None = Field(None, ge=1)
+    samples_per_label: int | Literal["auto"] = "auto"
+    emd_filter: bool = False
+    max_draws: int = Field(50, ge=1)
+    kmeans_init: int = Field(10, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+
+
+class FinetuneConfig(_Section):
+    output: str = "{output}/finetune"
+    mode: Literal["linear", "full", "lp-ft"] = "linear"
+    val: str | None = None
+    val_store: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    head: Literal["linear", "mlp"] = "linear"
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float | None = Field(None, ge=0)
+    eval_every: int = Field(5, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+    max_failures: int = Field(3, ge=0)
+
+
+class TrainConfig(_Section):
+    labels: str
+    store: str = "{output}/store"
+    selection: str = "{output}/selection"
+    calibrate: CalibrateConfig = CalibrateConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
+class Config(_Section):
+    name: str = "activeft"
+    output: str
+    embed: EmbedConfig | None = None
+    select: SelectConfig | None = None
+    report: ReportConfig = ReportConfig()
+    export: ExportConfig = ExportConfig()
+    train: TrainConfig | None = None
+
+    def require(self, *sections: str) -> None:
+        missing = [s for s in sections if getattr(self, s) is None]
+        if missing:
+            raise ConfigError(f"config has no '{missing[0]}' section, which this pipeline needs")
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def _resolve(value, variables: dict):
+    if isinstance(value, str):
+        return re.sub(r"\{(date|output)\}", lambda m: variables[m.group(1)], value)
+    if isinstance(value, dict):
+        return {k: _resolve(v, variables) for k, v in value.items()}
+    return value
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        node: Any = model
+        for part in loc[:-1]:
+            field = node.model_fields.get(part)
+            annotation = field.annotation if field else None
+            node = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
+                         and issubclass(a, BaseModel)), None)
+            if node is None:
+                break
+        allowed = ", ".join(node.model_fields) if node is not None else "?"
+        return f"config key '{key}' is not allowed here; allowed keys: {allowed}"
+    got = error.get("input")
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"config key '{key}': {msg[0].lower() + msg[1:]}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def load_config(uri: str, overrides: list[str] = (), date: str | None = None) -> Config:
+    """Read, override, resolve and validate a pipeline config.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "c.yaml")
+    >>> _ = open(p, "w").write("output: out/{date}\\nselect: {budget: 1%, method: kmeans}\\n")
+    >>> cfg = load_config(p, ["select.params.iterations=20"], date="2026-01-02")
+    >>> cfg.output, cfg.select.output, cfg.select.params
+    ('out/2026-01-02', 'out/2026-01-02/selection', {'iterations': 20})
+    """
+    try:
+        tree = yaml.safe_load(storage.read_bytes(uri)) if storage.exists(uri) else None
+    except (yaml.YAMLError, OSError) as e:
+        raise ConfigError(f"cannot read config {uri}: {storage._first_line(e)}") from e
+    if tree is None:
+        raise ConfigError(f"config {uri} does not exist or is empty")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {uri} must be a mapping of sections, not {type(tree).__name__}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. select.budget=1%")
+        key, _, text = item.partition("=")
+        _set(tree, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    variables = {"date": date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+    try:
+        variables["output"] = _resolve(str(tree.get("output", "")), variables).rstrip("/")
+        cfg = Config.model_validate(_resolve(tree, variables))
+        cfg = Config.model_validate(_resolve(cfg.model_dump(), variables))  # defaults that use {output}
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors()[0], Config)) from None
+    if cfg.select is not None:  # method parameters are checked by the method itself, now
+        from .select import get_selector
+
+        try:
+            get_selector(cfg.select.method)(seed=cfg.select.seed, **cfg.select.params)
+        except ActiveftError as e:
+            raise ConfigError(f"config key 'select.params': {e}") from None
+    return cfg

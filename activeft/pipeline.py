@@ -1,0 +1,75 @@
+"""Running pipelines: stages with completion records, and the entry point of ``pipelines/*.py``.
+
+Each run keeps ``<output>/_pipeline.json``: the stages it finished, with their outputs and
+timings. A rerun of the same config and output (e.g. a RayJob retried after ``backoffLimit``)
+skips those stages and resumes at the first unfinished one, which itself resumes from its own
+checkpoints. A scheduled run writing into a new dated ``output`` records nothing yet, so it
+embeds the images that are new in the shared store, then selects again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from . import storage
+from .config import Config, load_config
+
+log = logging.getLogger("activeft.pipeline")
+STATE = "_pipeline.json"
+
+
+class Pipeline:
+    """The stage record of one run."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.uri = storage.join(cfg.output, STATE)
+        self.state = storage.read_json(self.uri) if storage.exists(self.uri) else {"name": cfg.name, "stages": {}}
+
+    def stage(self, name: str, fn, marker: str | None = None):
+        """Run ``fn`` (returning a JSON-able result) unless this run finished the stage already and
+        its ``marker`` file still exists; return the (recorded) result."""
+        done = self.state["stages"].get(name)
+        if done is not None and (marker is None or storage.exists(marker)):
+            log.info("stage %s: already done in this run (%s); skipping", name, done.get("finished"))
+            return done["result"]
+        log.info("stage %s: start", name)
+        start = time.perf_counter()
+        result = fn()
+        seconds = round(time.perf_counter() - start, 2)
+        self.state["stages"][name] = {"result": result, "seconds": seconds,
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        storage.write_json(self.uri, self.state)
+        log.info("stage %s: done in %.1f s", name, seconds)
+        return result
+
+
+def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python pipelines/<job>.py --config X.yaml [--set key=value ...]``: load, validate, run.
+
+    Bad input ends in one line on stderr and exit code 1 (``ACTIVEFT_DEBUG=1``: traceback).
+    """
+    from .cli import _setup_logging, _user_error
+
+    parser = argparse.ArgumentParser(prog=prog, description=(run.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--config", required=True, help="pipeline config (YAML, local or s3://)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set select.budget=2%% (repeatable)")
+    parser.add_argument("--date", help="the {date} of a scheduled run (default: today, UTC)")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        run(load_config(args.config, args.overrides, args.date))
+    except Exception as e:
+        import os
+
+        user = _user_error(e)
+        if user is None or os.environ.get("ACTIVEFT_DEBUG"):
+            raise
+        print(f"{parser.prog}: error: {user}", file=sys.stderr)
+        return 1
+    return 0
+

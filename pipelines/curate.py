@@ -1,0 +1,45 @@
+"""Curate: embed the pool, select what to label, write the report and the annotation export.
+
+    ray job submit --working-dir . -- python pipelines/curate.py --config configs/demo.yaml
+    activeft run curate --config configs/demo.yaml --set select.budget=1%
+"""
+
+import logging
+import sys
+
+import activeft
+from activeft import storage
+from activeft.export import MARKER as EXPORTED
+from activeft.export import export
+from activeft.pipeline import Pipeline, main
+from activeft.report import REPORT, write_report
+from activeft.select import SELECTION
+
+log = logging.getLogger("activeft.pipeline")
+
+
+def run(cfg):
+    """Curate: embed -> select -> report -> export."""
+    cfg.require("embed", "select")
+    e, s, r, x = cfg.embed, cfg.select, cfg.report, cfg.export
+    p = Pipeline(cfg)
+    store = p.stage("embed", lambda: activeft.embed(
+        e.source, e.store, model=e.model, pretrained=e.pretrained, batch_size=e.batch_size, image_size=e.image_size,
+        num_actors=e.num_actors, gpus_per_actor=e.gpus_per_actor, partition_size=e.partition_size, dtype=e.dtype,
+        max_error_fraction=e.max_error_fraction, resume=True).uri, storage.join(e.store, "_manifest.json"))
+    p.stage("select", lambda: activeft.select(
+        store, s.budget, output=s.output, method=s.method, num_workers=s.num_workers, use_gpu=s.use_gpu, seed=s.seed,
+        exclude=s.exclude, checkpoint_every=s.checkpoint_every, resume=storage.has_entries(s.output),
+        **s.params).uri, storage.join(s.output, SELECTION))
+    if r.enabled:
+        p.stage("report", lambda: write_report(store, s.output, sample=r.sample, clusters=r.clusters, seed=s.seed),
+                storage.join(s.output, REPORT))
+    p.stage("export", lambda: export(s.output, x.output, label_studio=x.label_studio, presign=x.presign,
+                                     expires=x.expires), storage.join(x.output, EXPORTED))
+    log.info("curate: selection %s; report %s; annotation export %s", s.output,
+             storage.join(s.output, REPORT) if r.enabled else "off", x.output)
+    return p.state
+
+
+if __name__ == "__main__":
+    sys.exit(main(run, prog="curate"))

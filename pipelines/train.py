@@ -1,0 +1,47 @@
+"""Train, after the labels came back: (ActiveDC calibration) -> finetune -> evaluate.
+
+    ray job submit --working-dir . -- python pipelines/train.py --config configs/demo.yaml \
+        --set train.labels=labels.csv
+"""
+
+import logging
+import sys
+
+import activeft
+from activeft import storage
+from activeft.calibrate import CALIBRATION
+from activeft.finetune import METRICS
+from activeft.pipeline import Pipeline, main
+
+log = logging.getLogger("activeft.pipeline")
+
+
+def run(cfg):
+    """Train: calibrate -> finetune -> evaluate."""
+    cfg.require("train")
+    t = cfg.train
+    c, f = t.calibrate, t.finetune
+    p = Pipeline(cfg)
+    train_table = t.labels
+    if c.enabled:
+        p.stage("calibrate", lambda: activeft.calibrate(
+            t.store, selection=t.selection, labels=t.labels, output=c.output, alpha=c.alpha, xi=c.xi,
+            tukey_lambda=c.tukey_lambda, clusters=c.clusters, samples_per_label=c.samples_per_label,
+            emd_filter=c.emd_filter, max_draws=c.max_draws, kmeans_init=c.kmeans_init, num_workers=c.num_workers,
+            use_gpu=c.use_gpu, seed=c.seed, overwrite=True).num_rows, storage.join(c.output, CALIBRATION))
+        train_table = storage.join(c.output, "calibrated.parquet")
+    p.stage("finetune", lambda: activeft.finetune(
+        t.store, train=train_table, output=f.output, mode=f.mode, val=f.val, val_store=f.val_store, model=f.model,
+        pretrained=f.pretrained, head=f.head, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size,
+        weight_decay=f.weight_decay, eval_every=f.eval_every, num_workers=f.num_workers, use_gpu=f.use_gpu,
+        seed=f.seed, max_failures=f.max_failures, resume=storage.has_entries(f.output))["final_val_accuracy"],
+        storage.join(f.output, METRICS))
+    metrics = p.stage("evaluate", lambda: {k: v for k, v in storage.read_json(storage.join(f.output, METRICS)).items()
+                                           if k in ("final_val_accuracy", "best_val_accuracy", "exported_epoch")})
+    log.info("train: model %s; validation top-1 final %s, best %s", storage.join(f.output, "model.safetensors"),
+             metrics["final_val_accuracy"], metrics["best_val_accuracy"])
+    return p.state
+
+
+if __name__ == "__main__":
+    sys.exit(main(run, prog="train"))
