@@ -11,8 +11,9 @@ from .calibrate import calibrate  # noqa: E402
 from .embed import embed  # noqa: E402
 from .finetune import finetune, load_model  # noqa: E402
 from .importer import import_embeddings  # noqa: E402
+from .loop import loop  # noqa: E402
 from .select import Selection, list_selectors, read_selection, select  # noqa: E402
 from .store import EmbeddingStore  # noqa: E402
 
 __all__ = ["embed", "import_embeddings", "select", "read_selection", "Selection", "list_selectors", "calibrate",
-           "finetune", "load_model", "EmbeddingStore"]
+           "finetune", "load_model", "loop", "EmbeddingStore"]

@@ -209,6 +209,51 @@ def finetune(
                f"val top-1 final {info['final_val_accuracy']}, best {info['best_val_accuracy']}")
 
 
+@app.command()
+def loop(
+    store: Annotated[str, typer.Argument(help="Embedding store of the pool.")],
+    state: Annotated[str, typer.Option(help="Directory (local or s3://) of the loop's state; re-run to "
+                                            "continue.")],
+    round_budget: Annotated[str, typer.Option(help="Labels per round: N (with --rounds) or B1,B2,...")],
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds (with a single --round-budget).")] = None,
+    strategy: Annotated[str, typer.Option(help="margin, entropy, confidence, badge, coreset, activeft or "
+                                               "random.")] = "margin",
+    first: Annotated[str, typer.Option(help="Cold-start round: activeft or random.")] = "activeft",
+    refresh: Annotated[str, typer.Option(help="Feature refresh: never, at-labels:N or logme.")] = "never",
+    refresh_mode: Annotated[str, typer.Option(help="Backbone finetuning of a refresh: lp-ft or full.")] = "lp-ft",
+    refresh_epochs: Annotated[int | None, typer.Option(help="Epochs of that finetuning (default 50).")] = None,
+    final: Annotated[str, typer.Option(help="Final model: auto (LP-FT below --final-threshold labels per class, "
+                                            "full above), linear, lp-ft, full or none.")] = "auto",
+    final_threshold: Annotated[int, typer.Option(help="Labels per class from which auto picks full "
+                                                      "finetuning.")] = 100,
+    oracle: Annotated[str | None, typer.Option(help="store-labels: the store's label column answers "
+                                                    "(benchmarks).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Human in the loop: the growing 'id,label' table; each "
+                                                    "round exports its selection and stops.")] = None,
+    eval_store: Annotated[str | None, typer.Option(help="Labeled store to score a linear probe on after every "
+                                                        "round.")] = None,
+    num_workers: Annotated[int, typer.Option(help="Ray Train workers for scoring and finetuning.")] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Use GPUs.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    label_cost: Annotated[float, typer.Option(help="Dollars per label, for the cost account.")] = 0.0,
+    gpu_hour_cost: Annotated[float, typer.Option(help="Dollars per GPU-hour, for the cost account.")] = 3.0,
+):
+    """Multi-round active learning through a proxy (ASVP), with feature refresh and LP-FT.
+
+    Example: activeft loop stores/pool --state loops/l1 --round-budget 1000 --rounds 5 --labels labels.csv
+    """
+    from .loop import loop as run
+
+    st = run(store, state=state, round_budget=round_budget, rounds=rounds, strategy=strategy, first=first,
+             refresh=refresh, refresh_mode=refresh_mode, refresh_epochs=refresh_epochs, final=final,
+             final_threshold=final_threshold,
+             oracle=oracle, labels=labels, eval_store=eval_store, num_workers=num_workers, use_gpu=use_gpu,
+             seed=seed, label_cost=label_cost, gpu_hour_cost=gpu_hour_cost)
+    done = sum(r["status"] == "labeled" for r in st["rounds"])
+    typer.echo(f"{state}: {done} of {len(st['config']['budgets'])} rounds done, {st['cost']['labels']} labels; "
+               f"final model: {st['final'] and st['final']['run']}")
+
+
 @app.command("run")
 def run_pipeline(
     pipeline: Annotated[str, typer.Argument(help="Pipeline: curate (embed, select, report, export), train "

@@ -114,6 +114,41 @@ class TrainConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
+class LoopConfig(_Section):
+    store: str = "{output}/store"
+    state: str = "{output}/loop"
+    round_budget: int | str
+    rounds: int | None = Field(None, ge=1)
+    strategy: Literal["margin", "entropy", "confidence", "badge", "coreset", "activeft", "random"] = "margin"
+    first: Literal["activeft", "random"] = "activeft"
+    refresh: str = "never"
+    refresh_mode: Literal["lp-ft", "full"] = "lp-ft"
+    refresh_epochs: int | None = Field(None, ge=1)
+    final: Literal["auto", "linear", "lp-ft", "full", "none"] = "auto"
+    final_threshold: int = Field(100, ge=1)
+    oracle: Literal["store-labels"] | None = None
+    labels: str | None = None
+    eval_store: str | None = None
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+    proxy_epochs: int = Field(50, ge=1)
+    label_cost: float = Field(0.0, ge=0)
+    gpu_hour_cost: float = Field(3.0, ge=0)
+    cpu_hour_cost: float = Field(0.05, ge=0)
+
+    @field_validator("refresh")
+    @classmethod
+    def _policy(cls, v):
+        from .loop import parse_refresh
+
+        try:
+            parse_refresh(v)
+        except ActiveftError:
+            raise ValueError("must be 'never', 'logme' or 'at-labels:N'") from None
+        return v
+
+
 class Config(_Section):
     name: str = "activeft"
     output: str
@@ -122,6 +157,7 @@ class Config(_Section):
     report: ReportConfig = ReportConfig()
     export: ExportConfig = ExportConfig()
     train: TrainConfig | None = None
+    loop: LoopConfig | None = None
 
     def require(self, *sections: str) -> None:
         missing = [s for s in sections if getattr(self, s) is None]

@@ -41,6 +41,8 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
            expires: int = 7 * 24 * 3600) -> dict:
     """Write ``selection.csv`` (id, uri, rank) and ``labelstudio.json`` for the selected images.
 
+    A selection from imported embeddings has ids but no image uris: then only the CSV is written.
+
     Examples
     --------
     >>> import json, tempfile
@@ -55,17 +57,18 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     check(isinstance(expires, int) and expires >= 1, "expires", "export", "an int >= 1 (seconds)", expires)
     sel = selection if isinstance(selection, Selection) else read_selection(selection)
     table = sel.table
-    if "uri" not in table.column_names:
-        raise ParameterError("the selection has no image uris (its store holds imported embeddings); "
-                             "there is nothing to send to annotators")
+    has_uris = "uri" in table.column_names
     output = storage.absolute(output)
     storage.check_writable(output)
     files = {}
     buf = pa.BufferOutputStream()
-    pacsv.write_csv(table.select(["id", "uri", "rank"]), buf)
+    pacsv.write_csv(table.select(["id", "uri", "rank"] if has_uris else ["id", "rank"]), buf)
     files["csv"] = storage.join(output, "selection.csv")
     storage.write_bytes(files["csv"], buf.getvalue().to_pybytes())
-    if label_studio:
+    if label_studio and not has_uris:
+        log.warning("export: the store holds imported embeddings (ids, no image uris): selection.csv lists the ids; "
+                    "no Label Studio tasks")
+    elif label_studio:
         sign = _presigner(expires) if presign else (lambda uri: uri)
         tasks = [{"data": {"image": sign(u), "id": i, "rank": r}}
                  for i, u, r in zip(table.column("id").to_pylist(), table.column("uri").to_pylist(),

@@ -66,11 +66,16 @@ def subset(n: int, size: int | None, seed: int = 0) -> np.ndarray:
     return np.arange(n) if size is None or size >= n else np.sort(np.random.default_rng(seed).choice(n, size, False))
 
 
-def build_stores(workdir: str, pool_size: int | None = None, test_size: int | None = None, dims: int = 64):
-    """``(pool_store, test_store)`` with PCA features, written once under ``workdir`` and reused."""
+def build_stores(workdir: str, pool_size: int | None = None, test_size: int | None = None, dims: int = 64,
+                 holdout: int | None = None):
+    """``(pool_store, test_store)`` with PCA features, written once under ``workdir`` and reused.
+
+    With ``holdout=N`` the second store is not the test set but N labeled images carved out of the
+    training pool (a validation split for choosing hyperparameters); the pool is the rest.
+    """
     import activeft
 
-    name = f"fmnist-pca{dims}-{pool_size or 'all'}-{test_size or 'all'}"
+    name = f"fmnist-pca{dims}-{pool_size or 'all'}-{test_size or 'all'}" + (f"-holdout{holdout}" if holdout else "")
     root = os.path.join(workdir, name)
     stores = {split: os.path.join(root, split) for split in ("pool", "test")}
     if all(os.path.exists(os.path.join(s, "_manifest.json")) for s in stores.values()):
@@ -78,12 +83,16 @@ def build_stores(workdir: str, pool_size: int | None = None, test_size: int | No
     xtr, ytr = load("train")
     xte, yte = load("test")
     rows_tr, rows_te = subset(len(xtr), pool_size), subset(len(xte), test_size, seed=1)
+    if holdout:  # validation rows come from the training images; the test set is not touched
+        val = np.sort(np.random.default_rng(2).choice(rows_tr, holdout, replace=False))
+        rows_tr, rows_te, xte, yte = np.setdiff1d(rows_tr, val), val, xtr, ytr
     xtr, ytr, xte, yte = xtr[rows_tr], ytr[rows_tr], xte[rows_te], yte[rows_te]
     transform = whitened_pca(xtr, dims)  # fitted on the pool only, labels unused
     out = []
     for split, x, y, rows in (("pool", xtr, ytr, rows_tr), ("test", xte, yte, rows_te)):
         os.makedirs(root, exist_ok=True)
-        table = pa.table({"id": [f"{'train' if split == 'pool' else 'test'}-{r:05d}" for r in rows],
+        prefix = "train" if split == "pool" or holdout else "test"
+        table = pa.table({"id": [f"{prefix}-{r:05d}" for r in rows],
                           "embedding": list(transform(x)), "label": y})
         path = os.path.join(root, f"{split}.parquet")
         pq.write_table(table, path)

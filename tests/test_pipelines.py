@@ -55,7 +55,8 @@ def test_config_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and re.search(pattern, err), (pattern, err)
     assert main(["run", "curat", "--config", path]) == 1
-    assert "unknown pipeline 'curat'; available: curate, train (did you mean 'curate'?)" in capsys.readouterr().err
+    assert "unknown pipeline 'curat'; available: active_loop, curate, train (did you mean 'curate'?)" in \
+        capsys.readouterr().err
     assert main(["run", "curate", "--config", str(tmp_path / "none.yaml")]) == 1
     assert "does not exist or is empty" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
@@ -154,7 +155,7 @@ def test_cluster_manifests_reference_existing_pipelines_and_configs():
 def test_every_config_validates():
     for name in os.listdir(os.path.join(ROOT, "configs")):
         cfg = load_config(os.path.join(ROOT, "configs", name), date="2026-01-01")
-        assert cfg.embed and cfg.select, name
+        assert cfg.embed and (cfg.select or cfg.loop), name
 
 
 def tiny_selection(tmp_path, with_uris=True, prefix="s3://pool"):
@@ -212,8 +213,9 @@ def test_label_studio_export_presigns_s3_urls(tmp_path, bucket):
     assert rows[0] == '"id","uri","rank"' and len(rows) == 11
     os.makedirs(tmp_path / "n")
     _, no_uris = tiny_selection(tmp_path / "n", with_uris=False)
-    with pytest.raises(activeft.errors.ParameterError, match="no image uris"):
-        export(no_uris, str(tmp_path / "exp2"))
+    ids_only = export(no_uris, str(tmp_path / "exp2"))  # imported embeddings: ids for the annotators, no tasks
+    assert list(ids_only["files"]) == ["csv"] and not (tmp_path / "exp2" / "labelstudio.json").exists()
+    assert (tmp_path / "exp2" / "selection.csv").read_text().splitlines()[0] == '"id","rank"'
 
 
 @pytest.mark.usefixtures("ray_session")

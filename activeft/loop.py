@@ -1,0 +1,387 @@
+"""The loop stage: multi-round active learning through a proxy (ASVP; Wen, Pizarro, Williams, TMLR 2024).
+
+Official code: github.com/ZiTingW/asvp. Each round trains the proxy (ASVP's MLP, from scratch, on
+the labeled embeddings: :func:`activeft.heads.train_mlp`), scores the unlabeled pool on the sharded
+engine and selects the round's budget with a strategy (:mod:`activeft.select.strategies`, or
+``activeft`` / ``random`` through :func:`activeft.select`); the first round has no labels, so it
+uses ActiveFT (cold start) instead of the official code's random, or ``random``.
+
+Feature refresh (ASVP's "aligned selection"): the released code hard-codes one switch at 15,000
+labels and has no LogME/PED rule, so ours is designed and documented here. ``at-labels:N``
+refreshes once, when the label count first reaches N. ``logme`` computes the LogME evidence of
+the current embeddings on the labeled set every round and refreshes when it stops improving
+(no higher than the previous round's); after a refresh the comparison restarts on the new
+embeddings. A refresh finetunes the backbone on all labels so far (the finetune stage, lp-ft or
+full) and re-embeds the pool with it (the embed stage, into a new store); the labeled set is
+kept (the official script restarts it; we do not).
+
+Final model, ``auto``: LP-FT below ``final_threshold`` labels per class (100 by default), full
+finetuning from there. ASVP finds LP-FT better "when the number of labeled samples is small"
+and finetuning necessary "when more labels are available" without a number; LP-FT's advantage
+is keeping the pretrained features while the head is still poor, which matters most in the
+few-labels regime (ActiveDC's own labels-per-class switch sits at 50); 100 per class is past
+where the linear probe alone stops being the limit, and users can move it. A store of imported
+embeddings has no backbone to finetune: the final model is then the linear probe.
+
+State (``STATE/state.json``, written after every step) holds the rounds (selected ids, proxy
+metrics, LogME, refresh decisions, evaluation), the current store and the cost account (labels,
+CPU and GPU seconds per stage, and dollars: ASVP's total cost = labeling + compute). A stop at
+any point resumes there. With ``labels`` (human in the loop) each round exports its selection
+(CSV + Label Studio) and the loop stops until the labels table covers it; with
+``oracle="store-labels"`` the store's ``label`` column answers at once (benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import __version__, metrics, storage
+from .errors import ConfigError, ParameterError, check
+from .export import export
+from .heads import train_mlp
+from .labels import class_map, read_labels
+from .logme import logme
+from .select import select
+from .select._run import run
+from .select.strategies import STRATEGIES, strategy_job
+from .store import EmbeddingStore, embedding_matrix
+
+log = logging.getLogger(__name__)
+STATE = "state.json"
+
+
+def parse_budgets(round_budget, rounds: int | None) -> list[int]:
+    """``"60"`` / ``60`` with ``rounds=5`` -> five rounds of 60; ``"60,60,120"`` -> three rounds."""
+    try:
+        budgets = [int(b) for b in str(round_budget).split(",")] if not isinstance(round_budget, (list, tuple)) \
+            else [int(b) for b in round_budget]
+    except ValueError:
+        budgets = []
+    check(bool(budgets) and min(budgets) >= 1, "round_budget", "loop", "a count or counts 'B1,B2,...' >= 1",
+          round_budget)
+    if rounds is None:
+        return budgets
+    check(isinstance(rounds, int) and rounds >= 1, "rounds", "loop", "an int >= 1", rounds)
+    if len(budgets) == 1:
+        return budgets * rounds
+    check(len(budgets) == rounds, "rounds", "loop", f"{len(budgets)} (one per --round-budget entry) or unset", rounds)
+    return budgets
+
+
+def parse_refresh(refresh: str) -> tuple[str, int | None]:
+    if refresh in ("never", "logme"):
+        return refresh, None
+    if refresh.startswith("at-labels:") and refresh[10:].isdigit() and int(refresh[10:]) >= 1:
+        return "at-labels", int(refresh[10:])
+    raise ParameterError(f"The 'refresh' parameter of loop must be 'never', 'logme' or 'at-labels:N'. "
+                         f"Got {refresh!r} instead.")
+
+
+class _Account:
+    """Wall time of each stage, as CPU or GPU seconds (x workers)."""
+
+    def __init__(self, cost: dict):
+        self.cost = cost
+
+    def time(self, stage: str, workers: int, gpu: bool, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds = (time.perf_counter() - start) * workers
+        key = "gpu_seconds" if gpu else "cpu_seconds"
+        per = self.cost.setdefault(key, {})
+        per[stage] = round(per.get(stage, 0.0) + seconds, 2)
+        return out
+
+
+def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy: str = "margin",
+         first: str = "activeft", refresh: str = "never", refresh_mode: str = "lp-ft",
+         refresh_epochs: int | None = None, final: str = "auto",
+         final_threshold: int = 100, oracle: str | None = None, labels=None, eval_store=None, num_workers: int = 1,
+         use_gpu: bool = False, seed: int = 0, proxy_epochs: int = 50, label_cost: float = 0.0,
+         gpu_hour_cost: float = 3.0, cpu_hour_cost: float = 0.05, _stop_at: str | None = None) -> dict:
+    """Run (or continue) the multi-round loop recorded in ``state``; return the state.
+
+    Parameters
+    ----------
+    store : str or EmbeddingStore
+        The pool's embeddings (the loop's first store).
+    state : str
+        Directory (local or ``s3://``) of the loop's state; re-running continues it.
+    round_budget, rounds
+        Labels per round: ``"60"`` with ``rounds=5``, or ``"60,60,120"``.
+    strategy : {"margin", "entropy", "confidence", "badge", "coreset", "activeft", "random"}
+        Selection of rounds after the first.
+    first : {"activeft", "random"}
+        The cold-start round.
+    refresh : {"never", "at-labels:N", "logme"}
+    refresh_mode : {"lp-ft", "full"}
+        How the backbone is finetuned for a refresh.
+    refresh_epochs : int, optional
+        Epochs of that finetuning (default: the finetune stage's).
+    final : {"auto", "linear", "lp-ft", "full", "none"}
+    oracle : "store-labels", optional
+        Take labels from the store's ``label`` column (benchmarks).
+    labels : str, optional
+        The human-in-the-loop labels table (``id,label``) that grows round by round.
+    eval_store : str, optional
+        A labeled store (e.g. the test set) to score a linear probe on after every round.
+
+    Examples
+    --------
+    >>> import activeft, numpy as np, pyarrow as pa, pyarrow.parquet as pq, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(np.arange(3), 100)
+    >>> x = (np.eye(8)[y] * 3 + rng.normal(size=(300, 8))).astype("float32")
+    >>> pq.write_table(pa.table({"id": [f"i{j}" for j in range(300)], "embedding": list(x), "label": y}),
+    ...                f"{d}/e.parquet")
+    >>> store = activeft.import_embeddings(f"{d}/e.parquet", f"{d}/store")
+    >>> st = activeft.loop(store, state=f"{d}/state", round_budget=6, rounds=2, oracle="store-labels",
+    ...                    first="random", final="none")
+    >>> [len(r["selected"]) for r in st["rounds"]], st["cost"]["labels"]
+    ([6, 6], 12)
+    """
+    owner = "loop"
+    budgets = parse_budgets(round_budget, rounds)
+    check(strategy in STRATEGIES + ("activeft", "random"), "strategy", owner,
+          "one of " + ", ".join(STRATEGIES + ("activeft", "random")), strategy)
+    check(first in ("activeft", "random"), "first", owner, "'activeft' or 'random'", first)
+    check(refresh_mode in ("lp-ft", "full"), "refresh_mode", owner, "'lp-ft' or 'full'", refresh_mode)
+    check(final in ("auto", "linear", "lp-ft", "full", "none"), "final", owner,
+          "one of auto, linear, lp-ft, full, none", final)
+    check((oracle is None) != (labels is None), "oracle", owner,
+          "'store-labels' when no labels table is given (exactly one of oracle and labels)", oracle)
+    check(oracle in (None, "store-labels"), "oracle", owner, "'store-labels'", oracle)
+    policy, at_labels = parse_refresh(refresh)
+    first_store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    if oracle and not first_store.has_labels:
+        raise ConfigError(f"--oracle store-labels needs a 'label' column in the store {first_store.uri}")
+    if policy != "never" and (first_store.model is None or "uri" not in first_store.columns):
+        raise ConfigError(f"--refresh {refresh} finetunes and re-embeds the backbone, but the store "
+                          f"{first_store.uri} holds imported embeddings (no backbone or images)")
+    state = storage.absolute(state)
+    config = {"store": first_store.uri, "budgets": budgets, "strategy": strategy, "first": first, "refresh": refresh,
+              "refresh_mode": refresh_mode, "refresh_epochs": refresh_epochs, "final": final,
+              "final_threshold": final_threshold, "oracle": oracle,
+              "labels": labels if labels is None else str(labels), "seed": seed, "proxy_epochs": proxy_epochs,
+              "eval_store": str(eval_store) if eval_store else None}
+    st = _load(state, config)
+    account = _Account(st["cost"])
+    for r, budget in enumerate(budgets):
+        if r == len(st["rounds"]):
+            st["rounds"].append({"round": r, "budget": budget, "status": "new"})
+        rec = st["rounds"][r]
+        if rec["status"] == "labeled":
+            continue
+        given = _labels(state, st, labels, oracle)
+        if rec["status"] == "new":
+            store = EmbeddingStore(st["store"])
+            if r > 0:
+                _maybe_refresh(st, rec, r, given, policy, at_labels, refresh_mode, refresh_epochs, state, account,
+                               num_workers, use_gpu)
+                store = EmbeddingStore(st["store"])
+            rec["strategy"] = first if r == 0 else strategy
+            rec["store"] = store.uri
+            rec["selected"] = account.time("select", num_workers, use_gpu, _select, store, rec, given, budget,
+                                           seed + r, proxy_epochs, num_workers, use_gpu)
+            rec["status"] = "selected"
+            _save(state, st, _stop_at, "selected")
+        if rec["status"] == "selected":
+            if oracle:
+                truth = first_store.take(first_store.rows_of(rec["selected"]), ["id", "label"])
+                _append_labels(state, truth)
+            else:
+                uri = storage.join(state, f"round-{r}", "export")
+                if not storage.exists(storage.join(uri, "export.json")):
+                    _export(first_store, rec["selected"], uri)
+                have = set(_labels(state, st, labels, oracle).column("id").to_pylist())
+                missing = sorted(set(rec["selected"]) - have)
+                if missing:
+                    log.info("loop: round %d waits for %d labels (e.g. %s); send %s to annotators, then re-run",
+                             r, len(missing), missing[0], uri)
+                    _save(state, st)
+                    return st
+            given = _labels(state, st, labels, oracle)
+            if eval_store:
+                rec["eval_accuracy"] = account.time("evaluate", 1, False, _probe, EmbeddingStore(st["store"]), given,
+                                                    st.get("eval_store") or eval_store)
+            rec["labels"] = given.num_rows
+            rec["status"] = "labeled"
+            metrics.set("activeft_loop_round", r + 1, stage="loop")
+            log.info("loop: round %d done: %d labels%s", r, given.num_rows,
+                     f", probe top-1 {rec['eval_accuracy']:.4f}" if "eval_accuracy" in rec else "")
+            _save(state, st, _stop_at, "labeled")
+    if final != "none" and st.get("final") is None:
+        given = _labels(state, st, labels, oracle)
+        mode = _final_mode(first_store, given, final, final_threshold)
+        from .finetune import finetune
+
+        run_dir = storage.join(state, "final")
+        info = account.time("final", num_workers, use_gpu, finetune, first_store, train=given, output=run_dir,
+                            mode=mode, val_store=eval_store, num_workers=num_workers, use_gpu=use_gpu, seed=seed,
+                            resume=storage.has_entries(run_dir))
+        st["final"] = {"mode": mode, "run": run_dir, "val_accuracy": info["final_val_accuracy"]}
+    _settle_cost(st, label_cost, gpu_hour_cost, cpu_hour_cost)
+    _save(state, st)
+    return st
+
+
+def _load(state: str, config: dict) -> dict:
+    uri = storage.join(state, STATE)
+    if not storage.exists(uri):
+        storage.check_writable(state)
+        return {"activeft_version": __version__, "config": config, "store": config["store"],
+                "stores": [config["store"]], "rounds": [], "final": None, "cost": {"labels": 0}}
+    st = storage.read_json(uri)
+    before = {k: v for k, v in st["config"].items() if k != "budgets"}
+    now = {k: v for k, v in config.items() if k != "budgets"}
+    done = st["config"]["budgets"]
+    if before != now or config["budgets"][:len(done)] != done[:len(config["budgets"])]:
+        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["budgets"]
+        raise ConfigError(f"state {state} was started with a different config ({', '.join(diff)}); "
+                          "use another --state, or the same options (more rounds may be added)")
+    st["config"]["budgets"] = config["budgets"]
+    return st
+
+
+def _save(state: str, st: dict, stop_at: str | None = None, step: str | None = None) -> None:
+    storage.write_json(storage.join(state, STATE), st)
+    if stop_at is not None and stop_at == step:  # test hook: stop right after this step was saved
+        raise RuntimeError(f"loop stopped after step {step!r} (test hook)")
+
+
+def _labels(state: str, st: dict, labels, oracle) -> pa.Table:
+    """All labels so far: the loop's own file (oracle) or the user's table, restricted to selected ids."""
+    selected = [i for rec in st["rounds"] for i in rec.get("selected", [])]
+    if oracle:
+        uri = storage.join(state, "labels.parquet")
+        table = storage.read_parquet(uri) if storage.exists(uri) else None
+    else:
+        table = read_labels(labels, "labels") if storage.exists(str(labels)) else None
+    if table is None:
+        return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64())})
+    keep = pa.compute.is_in(table.column("id"), pa.array(selected, pa.string()))
+    return table.filter(keep).select(["id", "label"])
+
+
+def _append_labels(state: str, truth: pa.Table) -> None:
+    uri = storage.join(state, "labels.parquet")
+    old = storage.read_parquet(uri) if storage.exists(uri) else None
+    table = truth if old is None else pa.concat_tables([old, truth.cast(old.schema)])
+    storage.write_parquet(uri, table)
+
+
+def _select(store: EmbeddingStore, rec: dict, given: pa.Table, budget: int, seed: int, epochs: int,
+            num_workers: int, use_gpu: bool) -> list[str]:
+    labeled = given.column("id").to_pylist()
+    if rec["strategy"] in ("activeft", "random"):
+        sel = select(store, budget, method=rec["strategy"], exclude=labeled or None, seed=seed,
+                     num_workers=num_workers, use_gpu=use_gpu)
+        return sel.ids
+    classes = class_map(given.column("label"))
+    rows = store.rows_of(labeled)
+    x = torch.from_numpy(embedding_matrix(store.take(rows, ["embedding"]).column("embedding")))
+    y = torch.tensor([classes.index(v) for v in given.column("label").to_pylist()])
+    start = time.perf_counter()
+    proxy = train_mlp(x, y, len(classes), epochs=epochs, seed=seed)
+    with torch.no_grad():
+        rec["proxy"] = {"train_accuracy": float((proxy(x).argmax(1) == y).float().mean()), "classes": len(classes),
+                        "seconds": round(time.perf_counter() - start, 3)}
+    dims = (x.shape[1], len(classes), proxy.fc1.out_features)
+    job = functools.partial(strategy_job, rec["strategy"], {k: v.cpu() for k, v in proxy.state_dict().items()}, dims,
+                            budget, rows.tolist(), seed)
+    chosen = run(job, store, num_workers=num_workers, use_gpu=use_gpu)["rows"]
+    return store.take(chosen, ["id"]).column("id").to_pylist()
+
+
+def _maybe_refresh(st, rec, r, given, policy, at_labels, mode, epochs, state, account, num_workers, use_gpu) -> None:
+    if policy == "never":
+        return
+    store = EmbeddingStore(st["store"])
+    decision = {"policy": policy, "labels": given.num_rows, "refresh": False}
+    if policy == "at-labels":
+        decision["threshold"] = at_labels
+        decision["refresh"] = given.num_rows >= at_labels and len(st["stores"]) == 1
+    else:
+        classes = class_map(given.column("label"))
+        x = embedding_matrix(store.take(store.rows_of(given.column("id").to_pylist()), ["embedding"])
+                             .column("embedding"))
+        decision["logme"] = logme(x, np.array([classes.index(v) for v in given.column("label").to_pylist()]))
+        previous = next((q["refresh_decision"].get("logme") for q in reversed(st["rounds"][:r])
+                         if q.get("refresh_decision", {}).get("store") == store.uri), None)
+        decision["previous_logme"] = previous
+        decision["refresh"] = previous is not None and decision["logme"] <= previous
+    decision["store"] = store.uri
+    rec["refresh_decision"] = decision
+    if not decision["refresh"]:
+        return
+    from .embed import embed
+    from .finetune import finetune
+
+    run_dir = storage.join(state, f"refresh-{r}")
+    account.time("refresh_finetune", num_workers, use_gpu, finetune, store, train=given, output=run_dir, mode=mode,
+                 epochs=epochs, num_workers=num_workers, use_gpu=use_gpu, resume=storage.has_entries(run_dir))
+    b = store.manifest["backbone"]
+    weights = storage.join(run_dir, "model.safetensors")
+    new = account.time("refresh_embed", num_workers, use_gpu, embed, store.manifest["source"],
+                       storage.join(state, "stores", f"round-{r}"), model=b["model"], pretrained=weights,
+                       image_size=b.get("image_size"), resume=True)
+    if st["config"].get("eval_store"):
+        old_eval = EmbeddingStore(st.get("eval_store") or st["config"]["eval_store"])
+        st["eval_store"] = embed(old_eval.manifest["source"], storage.join(state, "stores", f"eval-round-{r}"),
+                                 model=b["model"], pretrained=weights, image_size=b.get("image_size"), resume=True).uri
+    st["store"] = new.uri
+    st["stores"].append(new.uri)
+    log.info("loop: round %d refreshed the features (%s): new store %s", r, decision, new.uri)
+
+
+def _probe(store: EmbeddingStore, given: pa.Table, eval_store) -> float:
+    """Top-1 on ``eval_store`` of the linear probe trained on all labels so far."""
+    from .heads import train_linear
+
+    classes = class_map(given.column("label"))
+    x = torch.from_numpy(embedding_matrix(store.take(store.rows_of(given.column("id").to_pylist()),
+                                                     ["embedding"]).column("embedding")))
+    y = torch.tensor([classes.index(v) for v in given.column("label").to_pylist()])
+    head = train_linear(x, y, len(classes))
+    other = EmbeddingStore(eval_store)
+    known = {str(c): i for i, c in enumerate(classes)}
+    target = np.array([known.get(str(v), -1) for v in other.read(columns=["label"]).column("label").to_pylist()])
+    with torch.no_grad():
+        pred = head(torch.from_numpy(other.embeddings())).argmax(1).numpy()
+    return float((pred == target).mean())
+
+
+def _final_mode(store: EmbeddingStore, given: pa.Table, final: str, threshold: int) -> str:
+    if final != "auto":
+        return final
+    if store.model is None or "uri" not in store.columns:
+        log.info("loop: the store holds imported embeddings: the final model is the linear probe")
+        return "linear"
+    per_class = given.num_rows / max(1, len(class_map(given.column("label"))))
+    return "lp-ft" if per_class < threshold else "full"
+
+
+def _export(store: EmbeddingStore, ids: list[str], uri: str) -> None:
+    from .select import Selection
+
+    table = store.take(store.rows_of(ids), [c for c in ("id", "uri") if c in store.columns])
+    table = table.append_column("rank", pa.array(np.arange(len(ids), dtype=np.int32)))
+    export(Selection(ids, table, {}, None), uri)
+
+
+def _settle_cost(st: dict, label_cost: float, gpu_hour_cost: float, cpu_hour_cost: float) -> None:
+    cost = st["cost"]
+    cost["labels"] = sum(len(r.get("selected", [])) for r in st["rounds"] if r["status"] == "labeled")
+    gpu_h = sum(cost.get("gpu_seconds", {}).values()) / 3600
+    cpu_h = sum(cost.get("cpu_seconds", {}).values()) / 3600
+    cost["dollars"] = {"labeling": round(cost["labels"] * label_cost, 2), "gpu": round(gpu_h * gpu_hour_cost, 4),
+                       "cpu": round(cpu_h * cpu_hour_cost, 4)}
+    cost["dollars"]["total"] = round(sum(cost["dollars"].values()), 4)
+    cost["prices"] = {"label": label_cost, "gpu_hour": gpu_hour_cost, "cpu_hour": cpu_hour_cost}

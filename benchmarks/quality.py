@@ -1,0 +1,144 @@
+"""Quality benchmark: does a selection give a better model per label than the baselines?
+
+Fashion-MNIST (Debian's ``dataset-fashion-mnist``): the 60,000 training images are the unlabeled
+pool, the 10,000 test images the test set. Features are the unsupervised stand-in of
+``fashion_mnist.py`` (whitened PCA-64 of the pixels, fitted on the pool only), or a real timm
+backbone through the embed stage with ``--model NAME --pretrained PATH|hub``.
+
+Every cell goes through the product's stages: ``activeft.select`` (random, fds, kmeans, activeft),
+the pool's own labels as the annotation oracle for the selected ids, ``activeft.calibrate`` for
+activedc (ActiveFT's selection + calibration), then ``activeft.finetune(mode="linear")`` (the same
+logistic-regression recipe for every method) scored on the test store. Reported: top-1 on the
+test set, mean +- std over seeds, and the selection (and calibration) time.
+
+    python benchmarks/quality.py                                  # the full table (about 20 min on 2 cores)
+    python benchmarks/quality.py --pool-size 2000 --test-size 1000 --budgets 20 --seeds 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fashion_mnist  # noqa: E402
+
+import activeft  # noqa: E402
+
+METHODS = ("random", "fds", "kmeans", "activeft", "activedc")
+log = logging.getLogger("quality")
+
+
+def embed_with_backbone(workdir: str, model: str, pretrained: str, pool_size, test_size):
+    """Write the images as PNG files with a labeled manifest, then embed them with the embed stage."""
+    from PIL import Image
+
+    stores = []
+    for split, size in (("train", pool_size), ("test", test_size)):
+        images, labels = fashion_mnist.load(split)
+        rows = fashion_mnist.subset(len(images), size, seed=0 if split == "train" else 1)
+        folder = os.path.join(workdir, "png", split)
+        os.makedirs(folder, exist_ok=True)
+        lines = ["id,uri,label"]
+        for r in rows:
+            path = os.path.join(folder, f"{r:05d}.png")
+            if not os.path.exists(path):
+                Image.fromarray(images[r]).save(path)
+            lines.append(f"{split}-{r:05d},{path},{labels[r]}")
+        manifest = os.path.join(folder, "_manifest.csv")
+        with open(manifest, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        out = os.path.join(workdir, f"store-{model.replace('/', '_')}-{split}-{size or 'all'}")
+        stores.append(activeft.embed(manifest, out, model=model, pretrained=pretrained, resume=True))
+    return tuple(stores)
+
+
+def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
+    base = os.path.join(workdir, "cells", f"{method}-{budget}-{seed}")
+    select_method = "activeft" if method == "activedc" else method
+    start = time.perf_counter()
+    sel = activeft.select(pool, budget, method=select_method, seed=seed, output=os.path.join(base, "sel"),
+                          overwrite=True, **params.get(select_method, {}))
+    row = {"method": method, "budget": budget, "seed": seed, "select_s": round(time.perf_counter() - start, 2)}
+    labels = pa.table({"id": sel.ids, "label": [truth[i] for i in sel.ids]})
+    train = labels
+    if method == "activedc":
+        start = time.perf_counter()
+        train = activeft.calibrate(pool, selection=os.path.join(base, "sel"), labels=labels, seed=seed,
+                                   output=os.path.join(base, "cal"), overwrite=True, **params.get("calibrate", {}))
+        info = json.load(open(os.path.join(base, "cal", "calibration.json")))
+        row.update(calibrate_s=round(time.perf_counter() - start, 2), pseudo=info["pseudo"],
+                   pseudo_accuracy=info["pseudo_label_accuracy"], skipped=info["skipped"])
+    metrics = activeft.finetune(pool, train=train, val_store=test, output=os.path.join(base, "run"), mode="linear",
+                                overwrite=True)
+    row["accuracy"] = metrics["final_val_accuracy"]
+    return row
+
+
+def table(rows, budgets, methods) -> str:
+    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + " | selection s (B = {}) |".format(budgets[-1]),
+             "|---|" + "---|" * (len(budgets) + 1)]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            acc = [r["accuracy"] * 100 for r in rows if r["method"] == m and r["budget"] == b]
+            cells.append(f"{np.mean(acc):.1f} ± {np.std(acc):.1f}" if acc else "")
+        secs = [r["select_s"] + r.get("calibrate_s", 0) for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budgets", default="60,120,300,600")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--pool-size", type=int, help="a random subset of the 60,000 pool images (default: all)")
+    p.add_argument("--test-size", type=int, help="a random subset of the 10,000 test images (default: all)")
+    p.add_argument("--holdout", type=int, help="score on N labeled images carved out of the pool instead of the "
+                                               "test set: the validation split for choosing hyperparameters")
+    p.add_argument("--model", help="embed with this timm backbone instead of the PCA features")
+    p.add_argument("--pretrained", default="hub", help="weights for --model: hub or a path")
+    p.add_argument("--activeft", default="{}", help="JSON of ActiveFT parameters, e.g. '{\"temperature\": 0.1}'")
+    p.add_argument("--calibrate", default="{}", help="JSON of calibration parameters, e.g. '{\"alpha\": 0.5}'")
+    p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "quality"))
+    p.add_argument("--out", help="write the raw rows and the table as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("activeft",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    methods = args.methods.split(",")
+    if args.model:
+        pool, test = embed_with_backbone(args.workdir, args.model, args.pretrained, args.pool_size, args.test_size)
+    else:
+        pool, test = fashion_mnist.build_stores(args.workdir, args.pool_size, args.test_size, holdout=args.holdout)
+    truth = dict(zip(pool.ids(), pool.read(columns=["label"]).column("label").to_pylist(), strict=True))
+    params = {"activeft": json.loads(args.activeft), "calibrate": json.loads(args.calibrate)}
+    rows = []
+    for budget in budgets:
+        for seed in range(args.seeds):
+            for method in methods:
+                rows.append(run_cell(pool, test, truth, method, budget, seed, args.workdir, params))
+                log.info("%s", json.dumps(rows[-1]))
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "features": args.model or "pca64",
+              "scored_on": f"validation split of {args.holdout} pool images" if args.holdout else "test set",
+              "pool": len(pool), "test": len(test), "params": params, "rows": rows,
+              "table": table(rows, budgets, methods)}
+    print(result["table"])
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
