@@ -84,14 +84,15 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
 
 
 def table(rows, budgets, methods) -> str:
-    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + " | selection s (B = {}) |".format(budgets[-1]),
+    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | selection s (B = {budgets[-1]}) |",
              "|---|" + "---|" * (len(budgets) + 1)]
     for m in methods:
         cells = []
         for b in budgets:
             acc = [r["accuracy"] * 100 for r in rows if r["method"] == m and r["budget"] == b]
             cells.append(f"{np.mean(acc):.1f} ± {np.std(acc):.1f}" if acc else "")
-        secs = [r["select_s"] + r.get("calibrate_s", 0) for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
+        last = [r for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
+        secs = [r["select_s"] + r.get("calibrate_s", 0) for r in last]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} |")
     return "\n".join(lines)
 
