@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__, metrics, storage
-from .errors import LabelsError, OutputExistsError, check
+from .errors import LabelsError, check
 from .labels import check_against, class_map, read_labels
 from .select import calibration as dc
 from .select import read_selection
@@ -114,7 +114,8 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     job = functools.partial(_job, rows, klass, len(classes), params)
     with storage.removed_on_user_error(output):
         if output is not None:
-            _prepare_output(output, overwrite)
+            storage.prepare_output(output, params, resume=False, overwrite=overwrite, marker=CALIBRATION,
+                                   what="calibration")
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
                      transform=functools.partial(dc.tukey, lam=tukey_lambda))
     pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
@@ -163,14 +164,3 @@ def _diagnostic_accuracy(store: EmbeddingStore, rows, origin, given) -> float | 
                     "no pseudo-label accuracy reported")
         return None
     return float(np.mean([t == str(given[o]) for t, o in zip(truth, origin, strict=True)]))
-
-
-def _prepare_output(output: str, overwrite: bool) -> None:
-    if storage.has_entries(output):
-        if not overwrite:
-            raise OutputExistsError(f"output {output} is not empty; pass --overwrite to replace it")
-        if not storage.exists(storage.join(output, CALIBRATION)) and \
-                not storage.exists(storage.join(output, "calibrated.parquet")):
-            raise OutputExistsError(f"output {output} is not empty and is not a calibration; refusing to overwrite it")
-        storage.delete(output)
-    storage.check_writable(output)

@@ -257,7 +257,7 @@ def loop(
 @app.command("run")
 def run_pipeline(
     pipeline: Annotated[str, typer.Argument(help="Pipeline: curate (embed, select, report, export), train "
-                                                 "(calibrate, finetune, evaluate) or loop (multi-round ASVP).")],
+                                                 "(calibrate, finetune, evaluate) or active_loop (multi-round ASVP).")],
     config: Annotated[str, typer.Option(help="Pipeline config (YAML, local or s3://).")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, "
                                                                  "e.g. --set select.budget=2% (repeatable).")] = None,
@@ -299,14 +299,28 @@ def demo_data(
     typer.echo(f"{folder}: {write_digits(folder, size)} images")
 
 
+def error_exit(e: Exception, prog: str) -> int:
+    """A user error becomes one line on stderr and exit code 1; anything else is re-raised (bugs stay loud)."""
+    user = _user_error(e)
+    if user is None or os.environ.get("ACTIVEFT_DEBUG"):
+        raise e
+    print(f"{prog}: error: {user}", file=sys.stderr)
+    return 1
+
+
 def _user_error(e: BaseException) -> ActiveftError | None:
-    """The ActiveftError behind ``e``, also when Ray wrapped it in a task or worker error."""
-    seen = set()
-    while e is not None and id(e) not in seen:
+    """The ActiveftError behind ``e``, also when Ray wrapped it (a task error's ``cause``, a Ray Train
+    worker group's ``worker_failures``)."""
+    seen, todo = set(), [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         seen.add(id(e))
         if isinstance(e, ActiveftError):
             return e
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                 *getattr(e, "worker_failures", {}).values()]
     return None
 
 
@@ -340,11 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print("activeft: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        user = _user_error(e)
-        if user is None or os.environ.get("ACTIVEFT_DEBUG"):
-            raise
-        print(f"activeft: error: {user}", file=sys.stderr)
-        return 1
+        return error_exit(e, "activeft")
     return 0
 
 if __name__ == "__main__":

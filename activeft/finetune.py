@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import __version__, metrics, storage
 from .backbone import BackboneSpec, pooled_features
-from .errors import LabelsError, ModelError, OutputExistsError, StoreError, check
+from .errors import LabelsError, ModelError, StoreError, check
 from .heads import MLP, train_linear, train_mlp
 from .labels import class_map, read_labels
 from .store import EmbeddingStore, embedding_matrix
@@ -188,9 +188,9 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
     output = storage.absolute(output)
     with storage.removed_on_user_error(output):
-        done = _prepare_output(output, config, resume, overwrite)
-        if done is not None:
-            return done
+        if storage.prepare_output(output, config, resume=resume, overwrite=overwrite, marker=METRICS,
+                                  what="finetuning run"):
+            return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(embedding_matrix(store.take(rows, ["embedding"]).column("embedding")))
         if mode == "linear":
             classifier, history = _fit_head(x, torch.from_numpy(target), len(classes), head, epochs, weight_decay,
@@ -300,31 +300,6 @@ def _describe_val(val, val_store):
         return {"store": str(getattr(val_store, "uri", val_store))}
     if val is not None:
         return {"table": val if isinstance(val, str) else f"{val.num_rows} rows"}
-    return None
-
-
-def _prepare_output(output: str, config: dict, resume: bool, overwrite: bool) -> dict | None:
-    cfg = storage.join(output, "_work", "config.json")
-    if storage.has_entries(output):
-        ours = storage.exists(cfg) or storage.exists(storage.join(output, METRICS))
-        if overwrite:
-            if not ours:
-                raise OutputExistsError(f"output {output} is not empty and is not a finetuning run; "
-                                        "refusing to overwrite it")
-            storage.delete(output)
-        elif resume:
-            if storage.exists(cfg) and storage.read_json(cfg) != config:
-                before = storage.read_json(cfg)
-                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
-                raise OutputExistsError(f"output {output} was started with a different config "
-                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)})")
-            if storage.exists(storage.join(output, METRICS)):
-                return storage.read_json(storage.join(output, METRICS))
-        else:
-            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
-                                    "or --overwrite to replace it")
-    storage.check_writable(output)
-    storage.write_json(cfg, config)
     return None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 from . import storage
@@ -52,7 +51,7 @@ def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
 
     Bad input ends in one line on stderr and exit code 1 (``ACTIVEFT_DEBUG=1``: traceback).
     """
-    from .cli import _setup_logging, _user_error
+    from .cli import _setup_logging, error_exit
 
     parser = argparse.ArgumentParser(prog=prog, description=(run.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline config (YAML, local or s3://)")
@@ -64,12 +63,6 @@ def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         run(load_config(args.config, args.overrides, args.date))
     except Exception as e:
-        import os
-
-        user = _user_error(e)
-        if user is None or os.environ.get("ACTIVEFT_DEBUG"):
-            raise
-        print(f"{parser.prog}: error: {user}", file=sys.stderr)
-        return 1
+        return error_exit(e, parser.prog)
     return 0
 

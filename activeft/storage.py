@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ActiveftError, StoreError
+from .errors import ActiveftError, OutputExistsError, StoreError
 
 
 def is_remote(uri: str) -> bool:
@@ -129,6 +129,38 @@ def check_writable(uri: str) -> None:
         delete(probe)
     except (OSError, pa.ArrowException) as e:
         raise StoreError(f"output {uri} is not writable: {_first_line(e)}") from e
+
+
+def prepare_output(output: str, config: dict, *, resume: bool, overwrite: bool, marker: str, what: str) -> bool:
+    """Check a run's ``output`` against resume / overwrite and record ``config`` for resuming.
+
+    An empty output starts a run; ``overwrite`` replaces one of ours (never a foreign directory);
+    ``resume`` continues one started with the same config (``_work/config.json``). Returns True
+    when the resumed run had already finished (its ``marker`` file exists).
+    """
+    cfg = join(output, "_work", "config.json")
+    if has_entries(output):
+        if overwrite:
+            if not (exists(cfg) or exists(join(output, marker))):
+                raise OutputExistsError(f"output {output} is not empty and is not a {what}; refusing to overwrite it")
+            delete(output)
+        elif resume:
+            if not exists(cfg):
+                raise OutputExistsError(f"output {output} has no {what} to resume")
+            before = read_json(cfg)
+            if before != config:
+                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+                raise OutputExistsError(f"output {output} was started with a different config "
+                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)}); "
+                                        "use another --output or --overwrite")
+            if exists(join(output, marker)):
+                return True
+        else:
+            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
+                                    "or --overwrite to replace it")
+    check_writable(output)
+    write_json(cfg, config)
+    return False
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__, storage
-from ..errors import OutputExistsError, ParameterError, StoreError, check
+from ..errors import ParameterError, StoreError, check
 from ..store import EmbeddingStore
 from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
 from ._engine import all_sum, generator, nearest, sample_rows
@@ -137,9 +137,10 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     import torch
 
     with storage.removed_on_user_error(output):
-        work = _prepare_output(output, config, resume, overwrite) if output else None
-        if output and storage.exists(storage.join(output, SELECTION)):  # resumed a finished run
-            return read_selection(output)
+        if output and storage.prepare_output(output, config, resume=resume, overwrite=overwrite, marker=SELECTION,
+                                             what="selection"):
+            return read_selection(output)  # resumed a run that had finished
+        work = storage.join(output, "_work", "select") if output else None
         job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
                      checkpoint_every=checkpoint_every, fail_at=_fail_at)
@@ -195,33 +196,6 @@ def read_ids(source, what: str) -> list[str]:
             raise ParameterError(f"{what} table {source} has no 'id' column (columns: {', '.join(table.column_names)})")
         ids = [str(i) for i in table.column("id").to_pylist() if i is not None]
     return list(dict.fromkeys(ids))
-
-
-def _prepare_output(output: str, config: dict, resume: bool, overwrite: bool) -> str:
-    work = storage.join(output, "_work", "select")
-    cfg_uri = storage.join(output, "_work", "config.json")
-    if storage.has_entries(output):
-        ours = storage.exists(cfg_uri) or storage.exists(storage.join(output, SELECTION))
-        if overwrite:
-            if not ours:
-                raise OutputExistsError(f"output {output} is not empty and is not a selection; "
-                                        "refusing to overwrite it")
-            storage.delete(output)
-        elif resume:
-            if not storage.exists(cfg_uri):
-                raise OutputExistsError(f"output {output} has no run to resume")
-            before = storage.read_json(cfg_uri)
-            if before != config:
-                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
-                raise OutputExistsError(f"output {output} was started with a different config "
-                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)}); "
-                                        "use another --output or --overwrite")
-        else:
-            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
-                                    "or --overwrite to replace it")
-    storage.check_writable(output)
-    storage.write_json(cfg_uri, config)
-    return work
 
 
 def _write(output: str, selection: Selection) -> None:
