@@ -69,7 +69,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(config["seed"] + rank)
-    model, _ = build_classifier(config["spec"], config["dim"], config["n_classes"], drop_path_rate=0.1)
+    model, _ = build_classifier(config["spec"], config["n_classes"], drop_path_rate=0.1)
     if config["head_init"] is not None:
         model.head.load_state_dict(config["head_init"])
     model = ray.train.torch.prepare_model(model)
@@ -159,8 +159,12 @@ def _evaluate(model, shard, pre, device, amp, config) -> float:
 
 
 def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, output, *,
-        resume: bool, max_failures: int, fail_at: int | None):
-    """Train on Ray Train; return ``(timm state dict, history, exported epoch)``."""
+        max_failures: int, fail_at: int | None):
+    """Train on Ray Train; return ``(timm state dict, history, exported epoch)``.
+
+    A re-run with the same ``output`` continues from its latest checkpoint: Ray Train V2 restores
+    a run of the same name and storage path.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -170,7 +174,9 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     data_config = spec.data_config(model)
     del model
     n_workers = config["num_workers"]
-    datasets = {"train": _images(store.take(rows, ["uri"]).column("uri").to_pylist(), target, data_config, True)}
+    order = np.random.default_rng(config["seed"]).permutation(len(rows))  # tables come sorted (often by class)
+    datasets = {"train": _images(store.take(np.asarray(rows)[order], ["uri"]).column("uri").to_pylist(),
+                                 np.asarray(target)[order], data_config, True)}
     if val_rows is not None:
         datasets["val"] = _images(val_source.uris_of(val_rows), val_target, data_config, False)
     epochs, batch = config["epochs"] or 50, config["batch_size"]
@@ -180,7 +186,7 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     if per_worker < 1:  # leave a CPU to Ray Data's decode tasks, or the job never gets its images
         log.info("finetune: %d workers on %g CPUs: %.2f CPU per worker, one left for data loading", n_workers, cpus,
                  per_worker)
-    loop_config = {"spec": spec, "dim": store.dim, "n_classes": len(classes), "head_init": head_init,
+    loop_config = {"spec": spec, "n_classes": len(classes), "head_init": head_init,
                    "data_config": data_config, "epochs": epochs, "lr": lr, "batch_size": batch,
                    "weight_decay": 1e-4 if config["weight_decay"] is None else config["weight_decay"],
                    "eval_every": config["eval_every"], "seed": config["seed"], "train_rows": len(rows),
@@ -202,7 +208,7 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
         state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
     from .finetune import build_classifier
 
-    model, _ = build_classifier(dataclasses.replace(spec, pretrained="none"), store.dim, len(classes))
+    model, _ = build_classifier(dataclasses.replace(spec, pretrained="none"), len(classes))
     model.load_state_dict(state["model"])
     return model.timm_state_dict(), history, state["epoch"]
 

@@ -35,13 +35,13 @@ class BackboneSpec:
     pretrained: str = "hub"
     image_size: int | None = None
 
-    def build(self, num_classes: int = 0, drop_path_rate: float | None = None):
+    def build(self, drop_path_rate: float | None = None):
         """``(model, weights_record)``; the model is in eval mode on the CPU."""
         import timm
 
         if not timm.is_model(self.model):
             raise ModelError(suggest(self.model, timm.list_models(), "timm model", "see timm.list_models()"))
-        kwargs = {"num_classes": num_classes}
+        kwargs = {"num_classes": 0}
         if drop_path_rate is not None:
             kwargs["drop_path_rate"] = drop_path_rate
         if self.pretrained == "hub":
@@ -63,7 +63,7 @@ class BackboneSpec:
                             "pretrained knowledge", self.model)
                 record = {"pretrained": "none", "seed": 0}
             else:
-                record = load_weights(model, self.pretrained, allow_missing_head=num_classes > 0)
+                record = load_weights(model, self.pretrained)
         if self.image_size is not None and hasattr(model, "set_input_size"):
             model.set_input_size(img_size=(self.image_size, self.image_size))
         return model.eval(), record
@@ -77,7 +77,7 @@ class BackboneSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def load_weights(model, uri: str, allow_missing_head: bool = False) -> dict:
+def load_weights(model, uri: str) -> dict:
     """Load a weights file into ``model``; every key must fit. Returns the manifest record."""
     from timm.models import load_state_dict
 
@@ -96,8 +96,6 @@ def load_weights(model, uri: str, allow_missing_head: bool = False) -> dict:
     state = {k: v for k, v in state.items()
              if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if allow_missing_head:
-        missing = [k for k in missing if not is_head(k)]
     if missing or unexpected:
         raise ModelError(f"weights {uri} do not fit {type(model).__name__}: {len(missing)} missing keys "
                          f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")

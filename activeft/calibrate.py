@@ -31,7 +31,7 @@ CALIBRATION = "calibration.json"
 
 def calibrate(store, *, selection, labels, output: str | None = None, alpha: float = 0.7, xi: float = 0.2,
               tukey_lambda: float = 0.5, clusters: int | None = None, samples_per_label: str | int = "auto",
-              emd_filter: bool = False, max_draws: int = 50, kmeans_init: int = 10, num_workers: int = 1,
+              emd_filter: bool = False, max_draws: int = 50, kmeans_runs: int = 10, num_workers: int = 1,
               use_gpu: bool = False, seed: int = 0, overwrite: bool = False) -> pa.Table:
     """Extend the labeled set with pseudo-labeled pool samples drawn from calibrated class distributions.
 
@@ -58,7 +58,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
         Keep a draw only if it does not raise the 1-D Wasserstein distance of mean activations.
     max_draws : int, default=50
         Draws per labeled sample before it is skipped (the official code never gives up).
-    kmeans_init : int, default=10
+    kmeans_runs : int, default=10
         k-means runs (different seeds) of which the lowest inertia is kept (the code's ``nredo``).
     num_workers, use_gpu, seed
         As for :func:`activeft.select`; the same seed gives the same output for any number of workers.
@@ -79,7 +79,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     >>> store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
     >>> sel = activeft.select(store, 10, iterations=30, output=f"{d}/sel")
     >>> labels = pa.table({"id": sel.ids, "label": ["a" if int(i[1:]) < 100 else "b" for i in sel.ids]})
-    >>> table = activeft.calibrate(store, selection=f"{d}/sel", labels=labels, kmeans_init=1)
+    >>> table = activeft.calibrate(store, selection=f"{d}/sel", labels=labels, kmeans_runs=1)
     >>> {s: table.column("source").to_pylist().count(s) for s in ("labeled", "pseudo")}
     {'labeled': 10, 'pseudo': 15}
     """
@@ -93,7 +93,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
           clusters)
     check(samples_per_label == "auto" or (str(samples_per_label).isdigit() and int(samples_per_label) >= 1),
           "samples_per_label", owner, "'auto' or an int >= 1", samples_per_label)
-    for name, value in (("max_draws", max_draws), ("kmeans_init", kmeans_init), ("num_workers", num_workers)):
+    for name, value in (("max_draws", max_draws), ("kmeans_runs", kmeans_runs), ("num_workers", num_workers)):
         check(isinstance(value, int) and value >= 1, name, owner, "an int >= 1", value)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     sel = read_selection(selection)
@@ -110,7 +110,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     output = storage.absolute(output) if output is not None else None
     params = {"alpha": alpha, "xi": xi, "tukey_lambda": tukey_lambda, "clusters": clusters or len(classes),
               "samples_per_label": per_label, "emd_filter": emd_filter, "max_draws": max_draws,
-              "kmeans_init": kmeans_init, "seed": seed}
+              "kmeans_runs": kmeans_runs, "seed": seed}
     job = functools.partial(_job, rows, klass, len(classes), params)
     with storage.removed_on_user_error(output):
         if output is not None:

@@ -146,7 +146,7 @@ def calibrate(
     emd_filter: Annotated[bool, typer.Option("--emd-filter", help="Keep a draw only if it does not raise the 1-D "
                                                                   "Wasserstein distance of mean activations.")] = False,
     max_draws: Annotated[int, typer.Option(help="Draws per labeled sample before it is skipped.")] = 50,
-    kmeans_init: Annotated[int, typer.Option(help="k-means runs; the lowest inertia is kept.")] = 10,
+    kmeans_runs: Annotated[int, typer.Option(help="k-means runs; the lowest inertia is kept.")] = 10,
     num_workers: Annotated[int, typer.Option(help="Ray Train workers (1: in this process).")] = 1,
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Run on GPUs.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -160,7 +160,7 @@ def calibrate(
 
     table = run(store, selection=selection, labels=labels, output=output, alpha=alpha, xi=xi,
                 tukey_lambda=tukey_lambda, clusters=clusters, samples_per_label=samples_per_label,
-                emd_filter=emd_filter, max_draws=max_draws, kmeans_init=kmeans_init, num_workers=num_workers,
+                emd_filter=emd_filter, max_draws=max_draws, kmeans_runs=kmeans_runs, num_workers=num_workers,
                 use_gpu=use_gpu, seed=seed, overwrite=overwrite)
     pseudo = sum(s == "pseudo" for s in table.column("source").to_pylist())
     typer.echo(f"{output}: {table.num_rows - pseudo} labeled + {pseudo} pseudo-labeled samples")
@@ -237,6 +237,8 @@ def loop(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     label_cost: Annotated[float, typer.Option(help="Dollars per label, for the cost account.")] = 0.0,
     gpu_hour_cost: Annotated[float, typer.Option(help="Dollars per GPU-hour, for the cost account.")] = 3.0,
+    cpu_hour_cost: Annotated[float, typer.Option(help="Dollars per CPU-hour, for the cost account.")] = 0.05,
+    proxy_epochs: Annotated[int, typer.Option(help="Epochs of the proxy MLP each round.")] = 50,
 ):
     """Multi-round active learning through a proxy (ASVP), with feature refresh and LP-FT.
 
@@ -248,7 +250,8 @@ def loop(
              refresh=refresh, refresh_mode=refresh_mode, refresh_epochs=refresh_epochs, final=final,
              final_threshold=final_threshold,
              oracle=oracle, labels=labels, eval_store=eval_store, num_workers=num_workers, use_gpu=use_gpu,
-             seed=seed, label_cost=label_cost, gpu_hour_cost=gpu_hour_cost)
+             seed=seed, label_cost=label_cost, gpu_hour_cost=gpu_hour_cost, cpu_hour_cost=cpu_hour_cost,
+             proxy_epochs=proxy_epochs)
     done = sum(r["status"] == "labeled" for r in st["rounds"])
     typer.echo(f"{state}: {done} of {len(st['config']['budgets'])} rounds done, {st['cost']['labels']} labels; "
                f"final model: {st['final'] and st['final']['run']}")
@@ -319,8 +322,7 @@ def _user_error(e: BaseException) -> ActiveftError | None:
         seen.add(id(e))
         if isinstance(e, ActiveftError):
             return e
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
-                 *getattr(e, "worker_failures", {}).values()]
+        todo += [getattr(e, "cause", None), e.__cause__, *getattr(e, "worker_failures", {}).values()]
     return None
 
 

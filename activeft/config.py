@@ -39,7 +39,7 @@ class EmbedConfig(_Section):
 
 class SelectConfig(_Section):
     method: str = "activeft"
-    budget: int | str
+    budget: int | float | str
     output: str = "{output}/selection"
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -47,6 +47,17 @@ class SelectConfig(_Section):
     exclude: str | None = None
     checkpoint_every: int = Field(25, ge=0)
     params: dict[str, Any] = {}
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v):
+        from .select import resolve_budget
+
+        try:
+            resolve_budget(v, 10 ** 15)  # the form only: the pool size is known once the store is
+        except ActiveftError:
+            raise ValueError("must be a count >= 1 or a fraction of the pool ('1%', '0.01')") from None
+        return v
 
     @field_validator("method")
     @classmethod
@@ -81,7 +92,7 @@ class CalibrateConfig(_Section):
     samples_per_label: int | Literal["auto"] = "auto"
     emd_filter: bool = False
     max_draws: int = Field(50, ge=1)
-    kmeans_init: int = Field(10, ge=1)
+    kmeans_runs: int = Field(10, ge=1)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     seed: int = 0
@@ -136,6 +147,17 @@ class LoopConfig(_Section):
     label_cost: float = Field(0.0, ge=0)
     gpu_hour_cost: float = Field(3.0, ge=0)
     cpu_hour_cost: float = Field(0.05, ge=0)
+
+    @field_validator("round_budget", mode="before")
+    @classmethod
+    def _budgets(cls, v):
+        from .loop import parse_budgets
+
+        try:
+            parse_budgets(v, None)
+        except ActiveftError:
+            raise ValueError("must be a count >= 1 or counts 'B1,B2,...'") from None
+        return v
 
     @field_validator("refresh")
     @classmethod

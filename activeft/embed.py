@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -179,10 +180,10 @@ def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, 
     planned = storage.list_files(plan_dir, recursive=False)
     sizes, known = {}, []
     for key, uri in planned:
-        if key.startswith("part-"):
+        if match := re.fullmatch(r"part-(\d+)\.parquet", key):
             ids = storage.read_parquet(uri, columns=["id"]).column("id")
-            sizes[int(key[5:10])] = len(ids)
-            known.append(ids)
+            sizes[int(match[1])] = len(ids)
+            known.extend(ids.cast(pa.large_string()).chunks)  # large: over 2 GB of ids at a billion rows
     if known:
         table = table.filter(pc.invert(pc.is_in(table.column("id"), pa.chunked_array(known).combine_chunks())))
     first = max(sizes, default=-1) + 1

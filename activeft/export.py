@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import storage
-from .errors import ParameterError, check
+from .errors import OutputExistsError, ParameterError, check
 from .select import Selection, read_selection
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     table = sel.table
     has_uris = "uri" in table.column_names
     output = storage.absolute(output)
+    if storage.has_entries(output) and not storage.exists(storage.join(output, MARKER)):
+        raise OutputExistsError(f"output {output} is not empty and is not an export; refusing to write into it")
     storage.check_writable(output)
     files = {}
     buf = pa.BufferOutputStream()

@@ -33,7 +33,7 @@ from .backbone import BackboneSpec, pooled_features
 from .errors import LabelsError, ModelError, StoreError, check
 from .heads import MLP, train_linear, train_mlp
 from .labels import class_map, read_labels
-from .store import EmbeddingStore, embedding_matrix
+from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 MODES = ("linear", "full", "lp-ft")
@@ -61,14 +61,16 @@ class Classifier(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def build_classifier(spec: BackboneSpec | None, dim: int, n_classes: int, head: str = "linear",
+def build_classifier(spec: BackboneSpec | None, n_classes: int, head: str = "linear", *, dim: int | None = None,
                      drop_path_rate: float | None = None) -> tuple[Classifier, dict | None]:
+    """The backbone of ``spec`` and a new head; without a backbone, a head on ``dim``-d embeddings."""
     if spec is None:
         backbone, record, name = None, None, "head"
     else:
         backbone, record = spec.build(drop_path_rate=drop_path_rate)
         cls = backbone.pretrained_cfg.get("classifier") or "head"
         name = cls if isinstance(cls, str) else cls[0]
+        dim = int(backbone.num_features)
     module = MLP(dim, n_classes) if head == "mlp" else nn.Linear(dim, n_classes)
     return Classifier(backbone, module, name), record
 
@@ -91,7 +93,7 @@ def load_model(run: str) -> tuple[Classifier, list]:
     info = storage.read_json(storage.join(run, METRICS))
     cfg = info["config"]
     spec = BackboneSpec(cfg["model"], "none", cfg.get("image_size")) if cfg.get("model") else None
-    model, _ = build_classifier(spec, info["dim"], len(info["classes"]), cfg["head"])
+    model, _ = build_classifier(spec, len(info["classes"]), cfg["head"], dim=info["dim"])
     state = load(storage.read_bytes(storage.join(run, "model.safetensors")))
     prefix = model.classifier_name + "."
     model.head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
@@ -178,7 +180,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     rows = store.rows_of(table.column("id").to_pylist(), "train ids")
     target = np.array([classes.index(v) for v in table.column("label").to_pylist()])
     val_source, val_rows, val_target = _validation(store, val, val_store, classes)
-    spec = _backbone(store, model, pretrained) if mode != "linear" else None
+    spec, dim = _backbone(store, model, pretrained, mode) if mode != "linear" else (None, store.dim)
     backbone = spec or _store_spec(store)
     config = {"mode": mode, "head": head, "model": backbone.model if backbone else None,
               "pretrained": backbone.pretrained if backbone else None,
@@ -191,7 +193,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
         if storage.prepare_output(output, config, resume=resume, overwrite=overwrite, marker=METRICS,
                                   what="finetuning run"):
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
-        x = torch.from_numpy(embedding_matrix(store.take(rows, ["embedding"]).column("embedding")))
+        x = torch.from_numpy(store.embeddings_at(rows))
         if mode == "linear":
             classifier, history = _fit_head(x, torch.from_numpy(target), len(classes), head, epochs, weight_decay,
                                             lr, seed)
@@ -199,7 +201,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
                 accuracy = _accuracy(classifier, val_source.embeddings_of(val_rows), val_target)
                 history[-1]["val_accuracy"] = accuracy
             if backbone is not None:  # the full model: the store's backbone with the trained head
-                full, _ = build_classifier(backbone, store.dim, len(classes), head)
+                full, _ = build_classifier(backbone, len(classes), head)
                 full.head = classifier.head
                 classifier = full
             state, best_epoch = classifier.timm_state_dict(), len(history) - 1
@@ -212,8 +214,8 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
                 head_init = {k: v.detach() for k, v in head_init.state_dict().items()}
             state, history, best_epoch = fit(
                 store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, output,
-                resume=resume, max_failures=max_failures, fail_at=_fail_at)
-        info = _finish(output, store, classes, config, state, history, best_epoch, start)
+                max_failures=max_failures, fail_at=_fail_at)
+        info = _finish(output, dim, classes, config, state, history, best_epoch, start)
     log.info("finetune: %s on %d samples, %d classes: final val top-1 %s, best %s -> %s", mode, len(rows),
              len(classes), info["final_val_accuracy"], info["best_val_accuracy"], output)
     return info
@@ -241,7 +243,7 @@ class _ValSource:
         self.store = store
 
     def embeddings_of(self, rows) -> torch.Tensor:
-        return torch.from_numpy(embedding_matrix(self.store.take(rows, ["embedding"]).column("embedding")))
+        return torch.from_numpy(self.store.embeddings_at(rows))
 
     def uris_of(self, rows) -> list[str]:
         if "uri" not in self.store.columns:
@@ -280,7 +282,8 @@ def _store_spec(store: EmbeddingStore) -> BackboneSpec | None:
     return BackboneSpec(b["model"], b.get("pretrained", "hub"), b.get("image_size")) if b.get("model") else None
 
 
-def _backbone(store, model, pretrained) -> BackboneSpec:
+def _backbone(store, model, pretrained, mode) -> tuple[BackboneSpec, int]:
+    """The backbone to finetune and its feature size; checked now, so a bad one fails in one line."""
     spec = _store_spec(store)
     if model is None and spec is None:
         raise ModelError(f"store {store.uri} has no backbone (imported embeddings); full finetuning needs "
@@ -291,8 +294,11 @@ def _backbone(store, model, pretrained) -> BackboneSpec:
         log.warning("finetune: training %s although the store was embedded with %s", model, spec.model)
     spec = BackboneSpec(model or spec.model, pretrained or (spec.pretrained if spec else "hub"),
                         spec.image_size if spec else None)
-    spec.build()  # fail now, with one line, if the backbone cannot be built
-    return spec
+    dim = int(spec.build()[0].num_features)
+    if mode == "lp-ft" and dim != store.dim:
+        raise ModelError(f"lp-ft starts from a linear probe on the store's {store.dim}-d embeddings, but {spec.model} "
+                         f"has {dim}-d features; use the store's backbone or --mode full")
+    return spec, dim
 
 
 def _describe_val(val, val_store):
@@ -303,16 +309,16 @@ def _describe_val(val, val_store):
     return None
 
 
-def _finish(output, store, classes, config, state, history, best_epoch, start) -> dict:
+def _finish(output, dim, classes, config, state, history, best_epoch, start) -> dict:
     from safetensors.torch import save
 
     vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
     info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": config, "classes": classes, "dim": store.dim, "history": history,
+            "config": config, "classes": classes, "dim": dim, "history": history,
             "final_val_accuracy": vals[-1] if vals else None, "best_val_accuracy": max(vals) if vals else None,
             "exported_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 3)}
     if vals:
-        metrics.set("activeft_train_accuracy", vals[-1], stage="finetune")
+        metrics.set("activeft_val_accuracy", vals[-1], stage="finetune")
     storage.write_bytes(storage.join(output, "model.safetensors"), save(state))
     storage.write_json(storage.join(output, "classes.json"), classes)
     storage.write_json(storage.join(output, METRICS), info)

@@ -59,7 +59,15 @@ class MLP(nn.Module):
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, hidden: int | None = None, epochs: int = 50,
               lr: float = 0.1, batch_size: int = 2048, seed: int = 0, history: list | None = None) -> MLP:
-    """ASVP's proxy recipe, from scratch; deterministic per ``seed``."""
+    """ASVP's proxy recipe, from scratch; deterministic per ``seed``.
+
+    Trained on the store's L2-normalised embeddings (ASVP feeds raw features; its ``feas_norm``
+    flag is unused), so the proxy sees what every other stage sees.
+    """
+    if len(x) < 2:
+        from .errors import LabelsError
+
+        raise LabelsError(f"the MLP head needs at least 2 labeled samples (BatchNorm), got {len(x)}")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -72,40 +72,49 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     output = storage.absolute(output)
     if not storage.exists(table):
         raise SourceError(f"table {table} does not exist")
+    batches = (lambda: _npy_batches(table, ids, partition_size)) if str(table).endswith(".npy") else \
+        (lambda: _parquet_batches(table, id_column, embedding_column, partition_size))
     if storage.has_entries(output):
         if not overwrite:
             raise OutputExistsError(f"output {output} is not empty; pass --overwrite to replace it")
         if not storage.exists(storage.join(output, MANIFEST)):
             raise OutputExistsError(f"output {output} is not empty and is not an embedding store; "
                                     "refusing to overwrite it")
+        for _ in _checked(table, batches(), normalize):  # bad input must not cost the store it would replace
+            pass
         storage.delete(output)
-    storage.check_writable(output)
+    with storage.removed_on_user_error(output):
+        storage.check_writable(output)
+        shards, dim, columns = [], None, None
+        for i, (batch, x) in enumerate(_checked(table, batches(), normalize)):
+            dim = x.shape[1]
+            if normalize:
+                x = x / np.linalg.norm(x, axis=1, keepdims=True)
+            batch = batch.set_column(batch.column_names.index("embedding"), "embedding", embedding_array(x, dtype))
+            columns = batch.column_names
+            storage.write_parquet(storage.join(output, shard_name(i)), batch)
+            shards.append(shard_name(i))
+        if not shards:
+            raise SourceError(f"table {table} has no rows")
+        storage.write_parquet(storage.join(output, ERRORS), pa.table({"id": pa.array([], pa.string()),
+                                                                     "error": pa.array([], pa.string())}))
+        store = write_manifest(output, shards=shards, dim=dim, dtype=dtype, columns=columns, source=table, errors=0,
+                               backbone={"model": None, "imported_from": str(table)})
+    log.info("import-embeddings: %s: %d rows, dim %d, %d shards", output, len(store), dim, len(shards))
+    return store
 
-    batches = _npy_batches(table, ids, partition_size) if str(table).endswith(".npy") else \
-        _parquet_batches(table, id_column, embedding_column, partition_size)
+
+def _checked(table, batches, normalize):
+    """``(batch, embeddings)`` of each batch, after checking dims, values and unique ids."""
     seen: set[str] = set()
-    shards, dim, columns = [], None, None
-    for i, batch in enumerate(batches):
+    dim = None
+    for batch in batches:
         x = embedding_matrix(batch.column("embedding"))
-        ids_ = batch.column("id").to_pylist()
         dim = dim or x.shape[1]
         if x.shape[1] != dim:
             raise SourceError(f"{table}: embeddings have mixed dims {dim} and {x.shape[1]}")
-        _validate(table, x, ids_, seen, normalize)
-        if normalize:
-            x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        batch = batch.set_column(batch.column_names.index("embedding"), "embedding", embedding_array(x, dtype))
-        columns = batch.column_names
-        storage.write_parquet(storage.join(output, shard_name(i)), batch)
-        shards.append(shard_name(i))
-    if not shards:
-        raise SourceError(f"table {table} has no rows")
-    storage.write_parquet(storage.join(output, ERRORS), pa.table({"id": pa.array([], pa.string()),
-                                                                 "error": pa.array([], pa.string())}))
-    store = write_manifest(output, shards=shards, dim=dim, dtype=dtype, columns=columns, source=table, errors=0,
-                           backbone={"model": None, "imported_from": str(table)})
-    log.info("import-embeddings: %s: %d rows, dim %d, %d shards", output, len(store), dim, len(shards))
-    return store
+        _validate(table, x, batch.column("id").to_pylist(), seen, normalize)
+        yield batch, x
 
 
 def _validate(table, x, ids, seen, normalize) -> None:

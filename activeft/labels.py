@@ -53,12 +53,12 @@ def class_map(labels) -> list:
     return sorted(values, key=str)
 
 
-def check_against(table: pa.Table, expected_ids, what: str = "labels", expected: str = "the selection") -> None:
-    """Labels must cover exactly ``expected_ids``: no extra ids, none missing."""
-    have, want = set(table.column("id").to_pylist()), set(expected_ids)
+def check_against(table: pa.Table, selected_ids) -> None:
+    """Labels must cover exactly the selection: no extra ids, none missing."""
+    have, want = set(table.column("id").to_pylist()), set(selected_ids)
     extra, missing = sorted(have - want), sorted(want - have)
     if extra:
-        raise LabelsError(f"{what} table has {len(extra)} ids that are not in {expected} (e.g. {_few(extra)})")
+        raise LabelsError(f"labels table has {len(extra)} ids that are not in the selection (e.g. {_few(extra)})")
     if missing:
-        raise LabelsError(f"{len(missing)} ids of {expected} have no label in the {what} table "
+        raise LabelsError(f"{len(missing)} ids of the selection have no label in the labels table "
                           f"(e.g. {_few(missing)})")

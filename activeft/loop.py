@@ -17,10 +17,8 @@ kept (the official script restarts it; we do not).
 
 Final model, ``auto``: LP-FT below ``final_threshold`` labels per class (100 by default), full
 finetuning from there. ASVP finds LP-FT better "when the number of labeled samples is small"
-and finetuning necessary "when more labels are available" without a number; LP-FT's advantage
-is keeping the pretrained features while the head is still poor, which matters most in the
-few-labels regime (ActiveDC's own labels-per-class switch sits at 50); 100 per class is past
-where the linear probe alone stops being the limit, and users can move it. A store of imported
+and finetuning necessary "when more labels are available" but gives no number: 100 is our
+choice, not ASVP's, and not measured yet (no GPU here); users can move it. A store of imported
 embeddings has no backbone to finetune: the final model is then the linear probe.
 
 State (``STATE/state.json``, written after every step) holds the rounds (selected ids, proxy
@@ -39,6 +37,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from . import __version__, metrics, storage
@@ -50,7 +49,7 @@ from .logme import logme
 from .select import select
 from .select._run import run
 from .select.strategies import STRATEGIES, strategy_job
-from .store import EmbeddingStore, embedding_matrix
+from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -84,7 +83,8 @@ def parse_refresh(refresh: str) -> tuple[str, int | None]:
 
 
 class _Account:
-    """Wall time of each stage, as CPU or GPU seconds (x workers)."""
+    """Wall time of each stage x the workers it reserves, as CPU or GPU seconds: an estimate (the proxy
+    training inside ``select`` runs on the driver but is counted at the round's rate)."""
 
     def __init__(self, cost: dict):
         self.cost = cost
@@ -160,6 +160,8 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     check(oracle in (None, "store-labels"), "oracle", owner, "'store-labels'", oracle)
     policy, at_labels = parse_refresh(refresh)
     first_store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    check(sum(budgets) <= len(first_store), "round_budget", owner,
+          f"at most the pool's {len(first_store)} samples over all rounds", round_budget)
     if oracle and not first_store.has_labels:
         raise ConfigError(f"--oracle store-labels needs a 'label' column in the store {first_store.uri}")
     if policy != "never" and (first_store.model is None or "uri" not in first_store.columns):
@@ -263,7 +265,7 @@ def _labels(state: str, st: dict, labels, oracle) -> pa.Table:
         uri = storage.join(state, "labels.parquet")
         table = storage.read_parquet(uri) if storage.exists(uri) else None
     else:
-        table = read_labels(labels, "labels") if storage.exists(str(labels)) else None
+        table = read_labels(labels) if storage.exists(str(labels)) else None
     if table is None:
         return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64())})
     keep = pa.compute.is_in(table.column("id"), pa.array(selected, pa.string()))
@@ -273,6 +275,8 @@ def _labels(state: str, st: dict, labels, oracle) -> pa.Table:
 def _append_labels(state: str, truth: pa.Table) -> None:
     uri = storage.join(state, "labels.parquet")
     old = storage.read_parquet(uri) if storage.exists(uri) else None
+    if old is not None:  # a stop between this write and the round's saved status must not add them twice
+        truth = truth.filter(pc.invert(pc.is_in(truth.column("id"), old.column("id"))))
     table = truth if old is None else pa.concat_tables([old, truth.cast(old.schema)])
     storage.write_parquet(uri, table)
 
@@ -284,10 +288,7 @@ def _select(store: EmbeddingStore, rec: dict, given: pa.Table, budget: int, seed
         sel = select(store, budget, method=rec["strategy"], exclude=labeled or None, seed=seed,
                      num_workers=num_workers, use_gpu=use_gpu)
         return sel.ids
-    classes = class_map(given.column("label"))
-    rows = store.rows_of(labeled)
-    x = torch.from_numpy(embedding_matrix(store.take(rows, ["embedding"]).column("embedding")))
-    y = torch.tensor([classes.index(v) for v in given.column("label").to_pylist()])
+    x, y, classes = _labeled(store, given)
     start = time.perf_counter()
     proxy = train_mlp(x, y, len(classes), epochs=epochs, seed=seed)
     with torch.no_grad():
@@ -295,7 +296,7 @@ def _select(store: EmbeddingStore, rec: dict, given: pa.Table, budget: int, seed
                         "seconds": round(time.perf_counter() - start, 3)}
     dims = (x.shape[1], len(classes), proxy.fc1.out_features)
     job = functools.partial(strategy_job, rec["strategy"], {k: v.cpu() for k, v in proxy.state_dict().items()}, dims,
-                            budget, rows.tolist(), seed)
+                            budget, store.rows_of(labeled).tolist(), seed)
     chosen = run(job, store, num_workers=num_workers, use_gpu=use_gpu)["rows"]
     return store.take(chosen, ["id"]).column("id").to_pylist()
 
@@ -309,10 +310,8 @@ def _maybe_refresh(st, rec, r, given, policy, at_labels, mode, epochs, state, ac
         decision["threshold"] = at_labels
         decision["refresh"] = given.num_rows >= at_labels and len(st["stores"]) == 1
     else:
-        classes = class_map(given.column("label"))
-        x = embedding_matrix(store.take(store.rows_of(given.column("id").to_pylist()), ["embedding"])
-                             .column("embedding"))
-        decision["logme"] = logme(x, np.array([classes.index(v) for v in given.column("label").to_pylist()]))
+        x, y, _ = _labeled(store, given)
+        decision["logme"] = logme(x.numpy(), y.numpy())
         previous = next((q["refresh_decision"].get("logme") for q in reversed(st["rounds"][:r])
                          if q.get("refresh_decision", {}).get("store") == store.uri), None)
         decision["previous_logme"] = previous
@@ -328,27 +327,33 @@ def _maybe_refresh(st, rec, r, given, policy, at_labels, mode, epochs, state, ac
     account.time("refresh_finetune", num_workers, use_gpu, finetune, store, train=given, output=run_dir, mode=mode,
                  epochs=epochs, num_workers=num_workers, use_gpu=use_gpu, resume=storage.has_entries(run_dir))
     b = store.manifest["backbone"]
-    weights = storage.join(run_dir, "model.safetensors")
-    new = account.time("refresh_embed", num_workers, use_gpu, embed, store.manifest["source"],
-                       storage.join(state, "stores", f"round-{r}"), model=b["model"], pretrained=weights,
-                       image_size=b.get("image_size"), resume=True)
+    like = {"model": b["model"], "pretrained": storage.join(run_dir, "model.safetensors"),
+            "image_size": b.get("image_size"), "dtype": store.manifest["dtype"],
+            "partition_size": store.manifest["partition_size"], "resume": True}
+    # the embed stage sizes its own actor pool: its wall time is counted once
+    new = account.time("refresh_embed", 1, use_gpu, embed, store.manifest["source"],
+                       storage.join(state, "stores", f"round-{r}"), **like)
     if st["config"].get("eval_store"):
         old_eval = EmbeddingStore(st.get("eval_store") or st["config"]["eval_store"])
-        st["eval_store"] = embed(old_eval.manifest["source"], storage.join(state, "stores", f"eval-round-{r}"),
-                                 model=b["model"], pretrained=weights, image_size=b.get("image_size"), resume=True).uri
+        st["eval_store"] = account.time("refresh_embed", 1, use_gpu, embed, old_eval.manifest["source"],
+                                        storage.join(state, "stores", f"eval-round-{r}"), **like).uri
     st["store"] = new.uri
     st["stores"].append(new.uri)
     log.info("loop: round %d refreshed the features (%s): new store %s", r, decision, new.uri)
+
+
+def _labeled(store: EmbeddingStore, given: pa.Table) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Embeddings and class indices of the labeled ids, and the class map."""
+    classes = class_map(given.column("label"))
+    x = torch.from_numpy(store.embeddings_at(store.rows_of(given.column("id").to_pylist())))
+    return x, torch.tensor([classes.index(v) for v in given.column("label").to_pylist()]), classes
 
 
 def _probe(store: EmbeddingStore, given: pa.Table, eval_store) -> float:
     """Top-1 on ``eval_store`` of the linear probe trained on all labels so far."""
     from .heads import train_linear
 
-    classes = class_map(given.column("label"))
-    x = torch.from_numpy(embedding_matrix(store.take(store.rows_of(given.column("id").to_pylist()),
-                                                     ["embedding"]).column("embedding")))
-    y = torch.tensor([classes.index(v) for v in given.column("label").to_pylist()])
+    x, y, classes = _labeled(store, given)
     head = train_linear(x, y, len(classes))
     other = EmbeddingStore(eval_store)
     known = {str(c): i for i, c in enumerate(classes)}

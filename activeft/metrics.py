@@ -15,7 +15,7 @@ METRICS = {
     "activeft_kmeans_inertia": ("gauge", "k-means inertia (sum of squared distances) of the current iteration"),
     "activeft_calibrate_pseudo_labels": ("counter", "Pseudo-labeled samples added by ActiveDC calibration"),
     "activeft_train_loss": ("gauge", "Finetuning training loss of the last epoch"),
-    "activeft_train_accuracy": ("gauge", "Finetuning validation top-1 accuracy of the last evaluation"),
+    "activeft_val_accuracy": ("gauge", "Finetuning validation top-1 accuracy of the last evaluation"),
     "activeft_loop_round": ("gauge", "Rounds completed by the active-learning loop"),
 }
 TAGS = ("stage",)

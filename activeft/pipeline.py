@@ -1,10 +1,11 @@
 """Running pipelines: stages with completion records, and the entry point of ``pipelines/*.py``.
 
 Each run keeps ``<output>/_pipeline.json``: the stages it finished, with their outputs and
-timings. A rerun of the same config and output (e.g. a RayJob retried after ``backoffLimit``)
-skips those stages and resumes at the first unfinished one, which itself resumes from its own
-checkpoints. A scheduled run writing into a new dated ``output`` records nothing yet, so it
-embeds the images that are new in the shared store, then selects again.
+timings, and the config settings each read. A rerun of the same config and output (e.g. a
+RayJob retried after ``backoffLimit``) skips those stages and resumes at the first unfinished one,
+which itself resumes from its own checkpoints; a finished stage whose settings changed is refused.
+A scheduled run writing into a new dated ``output`` records nothing yet, so it embeds the images
+that are new in the shared store, then selects again.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import argparse
 import logging
 import time
 
+from pydantic import BaseModel
+
 from . import storage
 from .config import Config, load_config
+from .errors import ConfigError
 
 log = logging.getLogger("activeft.pipeline")
 STATE = "_pipeline.json"
@@ -28,22 +32,39 @@ class Pipeline:
         self.uri = storage.join(cfg.output, STATE)
         self.state = storage.read_json(self.uri) if storage.exists(self.uri) else {"name": cfg.name, "stages": {}}
 
-    def stage(self, name: str, fn, marker: str | None = None):
+    def stage(self, name: str, fn, marker: str | None = None, settings: dict | None = None):
         """Run ``fn`` (returning a JSON-able result) unless this run finished the stage already and
-        its ``marker`` file still exists; return the (recorded) result."""
+        its ``marker`` file still exists; return the (recorded) result. A finished stage whose
+        config ``settings`` (``{"select": cfg.select, ...}``: what it reads) changed since is refused."""
+        now = _flat(settings or {})
         done = self.state["stages"].get(name)
         if done is not None and (marker is None or storage.exists(marker)):
+            before = done.get("settings", {})
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            if changed:
+                raise ConfigError(f"stage {name} of {self.cfg.output} finished with other settings ("
+                                  + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+                                  + f"); use another output, or delete {self.uri} to redo every stage")
             log.info("stage %s: already done in this run (%s); skipping", name, done.get("finished"))
             return done["result"]
         log.info("stage %s: start", name)
         start = time.perf_counter()
         result = fn()
         seconds = round(time.perf_counter() - start, 2)
-        self.state["stages"][name] = {"result": result, "seconds": seconds,
+        self.state["stages"][name] = {"result": result, "seconds": seconds, "settings": now,
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         storage.write_json(self.uri, self.state)
         log.info("stage %s: done in %.1f s", name, seconds)
         return result
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"select": SelectConfig(...)}`` -> ``{"select.budget": "1%", ...}`` (JSON values)."""
+    out = {}
+    for k, v in d.items():
+        v = v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:

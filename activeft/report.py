@@ -21,7 +21,7 @@ from . import storage
 from .select import Selection, read_selection
 from .select._engine import Collectives, FlatIndex, Pool
 from .select.kmeans import kmeans
-from .store import EmbeddingStore, embedding_matrix
+from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
@@ -68,8 +68,7 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     n = len(store)
     pool_rows = np.sort(rng.choice(n, min(sample, n), replace=False))
     sel_rows = store.rows_of(sel.ids, "selected ids")
-    pool = embedding_matrix(store.take(pool_rows, ["embedding"]).column("embedding"))
-    chosen = embedding_matrix(store.take(sel_rows, ["embedding"]).column("embedding"))
+    pool, chosen = store.embeddings_at(pool_rows), store.embeddings_at(sel_rows)
     sections = [_summary(sel, n)]
     sections += [_loss_curve(sel.info), _projection(pool, chosen), _coverage(sel.info)]
     sections.append(_cluster_coverage(pool, chosen, clusters, seed))

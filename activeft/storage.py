@@ -5,7 +5,7 @@ filesystems) or any other fsspec protocol (wrapped in ``PyFileSystem``). Credent
 from the standard environment / IAM chain (``AWS_ENDPOINT_URL`` etc.) and are never logged.
 
 Writes are atomic for readers: on a local disk a file is written under a temporary name and
-renamed; on an object store a single PUT (or completed multipart upload) is already atomic.
+renamed; on an object store it is buffered and sent as one upload, which appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -138,18 +138,18 @@ def prepare_output(output: str, config: dict, *, resume: bool, overwrite: bool, 
     ``resume`` continues one started with the same config (``_work/config.json``). Returns True
     when the resumed run had already finished (its ``marker`` file exists).
     """
-    cfg = join(output, "_work", "config.json")
+    cfg, record = join(output, "_work", "config.json"), {"stage": what, **config}
+    before = read_json(cfg) if has_entries(output) and exists(cfg) else None
     if has_entries(output):
         if overwrite:
-            if not (exists(cfg) or exists(join(output, marker))):
+            if not (exists(join(output, marker)) or (before or {}).get("stage") == what):
                 raise OutputExistsError(f"output {output} is not empty and is not a {what}; refusing to overwrite it")
             delete(output)
         elif resume:
-            if not exists(cfg):
+            if (before or {}).get("stage") != what:
                 raise OutputExistsError(f"output {output} has no {what} to resume")
-            before = read_json(cfg)
-            if before != config:
-                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+            if before != record:
+                diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
                 raise OutputExistsError(f"output {output} was started with a different config "
                                         f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)}); "
                                         "use another --output or --overwrite")
@@ -159,7 +159,7 @@ def prepare_output(output: str, config: dict, *, resume: bool, overwrite: bool, 
             raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
                                     "or --overwrite to replace it")
     check_writable(output)
-    write_json(cfg, config)
+    write_json(cfg, record)
     return False
 
 
@@ -191,9 +191,11 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
         finally:
             if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
                 fs.delete_file(tmp)
-    else:
+    else:  # buffered: closing an object-store stream completes the upload, also after a failed write
+        buffer = pa.BufferOutputStream()
+        yield buffer
         with fs.open_output_stream(path) as f:
-            yield f
+            f.write(buffer.getvalue())
 
 
 def write_bytes(uri: str, data: bytes) -> None:

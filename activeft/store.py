@@ -57,11 +57,6 @@ def embedding_matrix(column) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(n, dim)  # a writable copy, not a view of Arrow memory
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 class EmbeddingStore:
     """A complete embedding store, opened by its manifest.
 
@@ -143,8 +138,14 @@ class EmbeddingStore:
         return table
 
     def embeddings(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 ``(rows, dim)``; NaN or inf is an error naming the first bad row."""
-        table = self.read(start, stop, ["id", "embedding"])
+        """float32 ``(rows, dim)`` of rows ``start:stop``; NaN or inf is an error naming the first bad row."""
+        return self._finite(self.read(start, stop, ["id", "embedding"]))
+
+    def embeddings_at(self, rows) -> np.ndarray:
+        """float32 ``(len(rows), dim)`` of global ``rows``, in that order; checked as :meth:`embeddings`."""
+        return self._finite(self.take(rows, ["id", "embedding"]))
+
+    def _finite(self, table: pa.Table) -> np.ndarray:
         x = embedding_matrix(table.column("embedding"))
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():

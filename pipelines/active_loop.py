@@ -21,7 +21,7 @@ def run(cfg):
             e.source, e.store, model=e.model, pretrained=e.pretrained, batch_size=e.batch_size,
             image_size=e.image_size, num_actors=e.num_actors, gpus_per_actor=e.gpus_per_actor,
             partition_size=e.partition_size, dtype=e.dtype, max_error_fraction=e.max_error_fraction,
-            resume=True).uri, storage.join(e.store, "_manifest.json"))
+            resume=True).uri, storage.join(e.store, "_manifest.json"), {"embed": e})
     # the loop keeps its own state (it may stop to wait for labels), so it is not a recorded stage
     return activeft.loop(lp.store, state=lp.state, round_budget=lp.round_budget, rounds=lp.rounds,
                          strategy=lp.strategy, first=lp.first, refresh=lp.refresh, refresh_mode=lp.refresh_mode,

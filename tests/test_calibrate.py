@@ -16,7 +16,7 @@ from activeft.select import calibration as dc
 from activeft.select._engine import Collectives, Pool
 
 pytestmark = pytest.mark.timeout(240)
-FAST = {"kmeans_init": 2}
+FAST = {"kmeans_runs": 2}
 
 
 def clustered(n_per=150, k=4, d=12, seed=0):

@@ -255,4 +255,19 @@ def test_import_embeddings(tmp_path):
     with pytest.raises(OutputExistsError):
         activeft.import_embeddings(str(tmp_path / "x.npy"), str(tmp_path / "n"), ids=str(tmp_path / "ids.txt"))
     for o in ("o1", "o2", "o3", "o4"):
-        assert not (tmp_path / o / "_manifest.json").exists()
+        assert not (tmp_path / o).exists()  # a failed fresh import leaves nothing behind
+    with pytest.raises(SourceError, match="NaN"):  # bad input found late must not cost the store it would replace
+        activeft.import_embeddings(str(tmp_path / "nan.npy"), str(tmp_path / "n"), ids=str(tmp_path / "ids.txt"),
+                                   overwrite=True, partition_size=2)
+    np.testing.assert_allclose(activeft.EmbeddingStore(str(tmp_path / "n")).embeddings(), store.embeddings())
+
+
+def test_failed_object_store_write_leaves_no_object(bucket):
+    from activeft import storage
+
+    with pytest.raises(RuntimeError), storage.atomic_output(f"{bucket}/part-00000.parquet") as f:
+        f.write(b"half a shard")
+        raise RuntimeError("worker died")
+    assert not storage.exists(f"{bucket}/part-00000.parquet")
+    storage.write_bytes(f"{bucket}/ok.bin", b"whole")
+    assert storage.read_bytes(f"{bucket}/ok.bin") == b"whole"

@@ -47,6 +47,7 @@ def test_config_errors_are_one_line(tmp_path, capsys):
         (good, ["select.params.temperature=-1"], "config key 'select.params': The 'temperature' parameter of "
                                                  "activeft must be a float > 0"),
         (good, ["select.budget"], "--set 'select.budget': expected key=value"),
+        (good, ["select.budget=lots"], "config key 'select.budget': must be a count >= 1 or a fraction of the pool"),
         ({"output": "o"}, [], "config has no 'embed' section"),
     ]
     for tree, sets, pattern in cases:
@@ -63,7 +64,7 @@ def test_config_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplog):
+def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplog, capsys):
     from activeft.pipeline import main
     from activeft.pipelines import curate
 
@@ -90,6 +91,9 @@ def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplo
     caplog.clear()
     assert main(curate.run, ["--config", cfg]) == 0  # finished: every stage is skipped
     assert caplog.text.count("already done in this run") == 4
+    assert main(curate.run, ["--config", cfg, "--set", "select.budget=0.05"]) == 1  # not a stale selection
+    assert "stage select of " in capsys.readouterr().err and sel.ids == activeft.read_selection(
+        str(tmp_path / "out" / "selection")).ids
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -273,6 +273,13 @@ def test_bad_inputs_one_line_each(store, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and re.search(pattern, err), (pattern, err)
         assert not os.path.exists(out), argv
+    assert main(["select", store.uri, "--budget", "5", "-o", out]) == 0
+    capsys.readouterr()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nimg0001,a\nimg0002,b\n")
+    assert main(["finetune", store.uri, "--train", str(labels), "-o", out, "--overwrite"]) == 1  # not a finetuning run
+    assert "is not a finetuning run; refusing to overwrite it" in capsys.readouterr().err
+    assert activeft.read_selection(out).ids
 
 
 def test_cli_select_prints_summary(store, tmp_path, capsys):

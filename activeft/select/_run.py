@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 
 import torch
 
@@ -138,10 +139,9 @@ def _run_trainer(job, store, num_workers, use_gpu, work, checkpoint_every, trans
 
     _ray.init()
     temp = None
-    if work is None:
-        temp = tempfile.mkdtemp(prefix="activeft-select-")
-        work = temp
-    storage_path, name = (work.rsplit("/", 1) if storage.is_remote(work) else os.path.abspath(work).rsplit("/", 1))
+    if work is None:  # beside the store: every worker reads it, so it is shared storage on a cluster
+        work = temp = storage.join(store.uri, "_work", "runs", uuid.uuid4().hex)
+    storage_path, name = storage.absolute(work).rsplit("/", 1)
     config = {"store": store.uri, "job": job, "checkpoint_every": checkpoint_every, "transform": transform,
               "fail_at": fail_at}
     trainer = TorchTrainer(
@@ -150,12 +150,14 @@ def _run_trainer(job, store, num_workers, use_gpu, work, checkpoint_every, trans
         run_config=RunConfig(name=name, storage_path=storage_path, failure_config=FailureConfig(max_failures=3),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
-    result = trainer.fit()
-    log.info("ray train: %d workers finished in %.1f s", num_workers, time.perf_counter() - start)
-    with result.checkpoint.as_directory() as d, open(os.path.join(d, "result.json")) as f:
-        out = json.load(f)
-    if temp:
-        storage.delete(temp)
+    try:
+        result = trainer.fit()
+        log.info("ray train: %d workers finished in %.1f s", num_workers, time.perf_counter() - start)
+        with result.checkpoint.as_directory() as d, open(os.path.join(d, "result.json")) as f:
+            out = json.load(f)
+    finally:
+        if temp:
+            storage.delete(temp)
     if "error" in out:
         kind, _, message = out["error"].partition(": ")
         from .. import errors

@@ -5,8 +5,11 @@ without its ground-truth-leaking ``-un`` flag:
 
 1. Tukey transform ``sign(x)|x|^lambda`` (lambda 0.5; ``log`` for 0) of the L2-normalised pool;
    the transformed features are not re-normalised.
-2. k-means of the transformed pool (:mod:`.kmeans`; k = number of labeled classes unless given;
-   up to 300 Lloyd iterations, best of 10 seeds, as the code's ``faiss.Kmeans(niter=300, nredo=10)``).
+2. k-means of the transformed pool (:mod:`.kmeans`), up to 300 Lloyd iterations, best of 10 runs,
+   as the code's ``faiss.Kmeans(niter=300, nredo=10)``; unlike faiss we seed with k-means++, stop
+   once the inertia improves by less than 1e-4, and use every row (faiss trains on at most 256
+   per centroid). k defaults to the number of classes in the labels (the code: the dataset's
+   class count; they differ only when a class got no label).
 3. Each labeled class is matched to the cluster holding most of its labeled samples (first
    cluster on ties); mu and Sigma of that cluster are the mean and ``np.cov`` (ddof 1) of its
    pool features, from all-reduced sums and outer-product sums of the matched clusters only.
@@ -17,7 +20,8 @@ without its ground-truth-leaking ``-un`` flag:
    its class, L2-normalise them, and take each one's nearest pool row by inner product (over
    all rows, as the code's ``IndexFlatIP`` search); rows that are labeled or already taken are
    dropped (``np.setdiff1d``, which also merges duplicates); if none is left, draw again. The
-   code redraws forever; here after ``max_draws`` attempts the sample is skipped and counted.
+   code redraws forever; here after ``max_draws`` draws that found only taken rows the sample is
+   skipped and counted.
    With ``emd_filter`` a non-empty draw is also kept only if it does not raise the 1-D
    Wasserstein distance between the per-sample mean activations of the pool and of
    labeled + added rows, with at most 10 redraws before the last draw is accepted (the
@@ -38,6 +42,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import ParameterError
 from ._engine import Collectives, FlatIndex, Pool
 from .kmeans import kmeans
 
@@ -86,16 +91,15 @@ def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
 
 def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_class: np.ndarray, n_classes: int,
               *, alpha: float, xi: float, per_label: int, clusters: int | None = None, seed: int = 0,
-              emd_filter: bool = False, max_draws: int = 50, kmeans_iterations: int = 300, kmeans_init: int = 10,
-              kmeans_tol: float = 1e-4) -> dict:
+              emd_filter: bool = False, max_draws: int = 50, kmeans_runs: int = 10) -> dict:
     """Run steps 2-5 on a pool that is already Tukey-transformed; the same result on every rank.
 
     Returns ``rows`` / ``origin`` (index into ``labeled_rows``) of the pseudo-labeled samples in
     the order they were added, plus statistics for the report.
     """
     k = clusters or n_classes
-    runs = [kmeans(pool, comm, k, iterations=kmeans_iterations, tol=kmeans_tol, seed=seed + r, tag="calibrate kmeans")
-            for r in range(kmeans_init)]
+    runs = [kmeans(pool, comm, k, iterations=300, tol=1e-4, seed=seed + r, tag="calibrate kmeans")
+            for r in range(kmeans_runs)]
     centroids, history = min(runs, key=lambda run: run[1][-1])
     assign = FlatIndex(centroids, "l2").search(pool.x)[0]
 
@@ -110,6 +114,10 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
         match[c] = int(np.argmax(overlap))  # first cluster on ties, as the code's strict '>' scan
     matched = sorted(set(match.values()))
     mean, cov, counts = cluster_stats(pool, comm, assign, matched)
+    if counts.min() < 2:
+        small = matched[int(counts.argmin())]
+        raise ParameterError(f"cluster {small} has {int(counts.min())} pool row: its covariance is undefined; "
+                             "use fewer --clusters")
 
     feats = pool.gather_rows(labeled, comm).double()
     percent = 100.0 * len(labeled) / pool.size
@@ -148,6 +156,7 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
     taken = set(labeled_rows.tolist())
     subset_act = list(pool_act[labeled_rows]) if emd_filter else None
     attempts = np.zeros(len(labeled), dtype=int)
+    emd_tries = np.zeros(len(labeled), dtype=int)  # the EMD test's own 10 redraws, on top of max_draws
     pending = {i: draw(i, 0) for i in range(len(labeled))}
     candidates: dict[int, list] = {}
     rows, origin, skipped, emd_rejected = [], [], 0, 0
@@ -163,14 +172,16 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
         while i < len(labeled):
             picks = {row: a for row, a in candidates.pop(i) if row not in taken}  # setdiff1d: unique rows
             accept = bool(picks)
-            if accept and emd_filter and attempts[i] < 10:
+            if accept and emd_filter and emd_tries[i] < 10:
                 before = wasserstein_1d(pool_act, np.asarray(subset_act))
                 after = wasserstein_1d(pool_act, np.asarray(subset_act + list(picks.values())))
-                if after > before:
-                    accept, emd_rejected = False, emd_rejected + 1
+                rejected = after > before
+                accept = not rejected
+                emd_tries[i] += rejected
+                emd_rejected += rejected
             if not accept:
                 attempts[i] += 1
-                if attempts[i] < max_draws:
+                if attempts[i] - emd_tries[i] < max_draws:
                     pending[i] = draw(i, int(attempts[i]))
                     break  # later samples wait: they must see what this one takes
                 skipped += 1

@@ -40,19 +40,19 @@ def kmeans_plusplus(pool: Pool, comm: Collectives, k: int, g: torch.Generator, e
         sums = comm.all_gather(d2.sum().reshape(1)).flatten().cpu()
         u = torch.rand(1, generator=g, dtype=torch.float64).item() * sums.sum().item()
         if sums.sum() <= 0:  # every row is already a seed (duplicates): fall back to uniform
-            rows.append(int(sample_rows(pool.size, 1, g, torch.tensor(rows))[0]))
+            rows.append(int(sample_rows(pool.size, 1, g, torch.cat([exclude, torch.tensor(rows)]))[0]))
             continue
         owner = int(torch.searchsorted(torch.cumsum(sums, 0), torch.tensor([u], dtype=torch.float64), right=True))
-        owner = min(owner, comm.world_size - 1)
+        if owner >= comm.world_size:  # u rounded up to the total: the last worker with weight
+            owner = int(torch.nonzero(sums > 0)[-1])
         pick = torch.zeros(1, dtype=torch.float64, device=pool.device)
         if comm.rank == owner:
             u_local = u - sums[:owner].sum().item()
             i = int(torch.searchsorted(torch.cumsum(d2, 0), torch.tensor([u_local], dtype=torch.float64,
                                                                         device=pool.device), right=True))
-            i = min(i, len(d2) - 1)
-            while d2[i] <= 0 and i > 0:  # never land on a zero-weight row at the end of the range
-                i -= 1
-            pick[0] = pool.offset + i
+            positive = torch.nonzero(d2 > 0).flatten()  # never land on a zero-weight row (rounding at the ends)
+            below = positive[positive <= i]
+            pick[0] = pool.offset + int(below[-1] if len(below) else positive[0])
         rows.append(int(comm.all_reduce(pick).item()))
 
 
@@ -89,6 +89,8 @@ def lloyd(pool: Pool, comm: Collectives, centroids: torch.Tensor, iterations: in
     every = log_every(iterations)
     sq_norms = all_sum(float(pool.x.double().pow(2).sum()), comm, pool.device)
     for it in range(start, iterations):
+        if len(history) > 1 and history[-2] - history[-1] <= tol * history[-2]:
+            break  # converged (also when resuming from the checkpoint of the converged iteration)
         idx = FlatIndex(centroids, "l2").search(pool.x, scores=False)[0]
         k, dim = centroids.shape
         packed = torch.zeros(k * dim + k, dtype=torch.float64, device=pool.device)
@@ -112,8 +114,6 @@ def lloyd(pool: Pool, comm: Collectives, centroids: torch.Tensor, iterations: in
         if checkpoints and checkpoints.due(it + 1):
             checkpoints.save({"centroids": centroids, "iteration": it + 1, "history": torch.tensor(history),
                               "generator": g.get_state()}, {"iteration": it + 1, "inertia": inertia})
-        if len(history) > 1 and history[-2] - history[-1] <= tol * history[-2]:
-            break
     return centroids, history
 
 

@@ -4,9 +4,12 @@ As in ASVP's ``samplings/sampling_strategy.py`` (github.com/ZiTingW/asvp): ``mar
 p1 - p2), ``entropy`` (largest), ``confidence`` (smallest max-probability), ``coreset``
 (k-center greedy on the proxy's hidden layer, labeled rows as the initial centres) and ``badge``
 (k-means++ seeding on gradient embeddings: (p - onehot(argmax p)) outer the hidden embedding,
-average-pooled to 16 x 32 = 512 dims when larger, as the official code does). Each runs on the
+average-pooled to 16 x 32 = 512 dims when larger, as the official code does; our k-means++ draws
+the first centre uniformly, where BADGE's ``init_centers`` takes the largest-norm embedding). Each runs on the
 sharded engine: every worker scores its own rows; the top scores are merged (ties to the
-smaller row), coreset and badge use the distributed k-center greedy and k-means++.
+smaller row), coreset and badge use the distributed k-center greedy and k-means++. Unlike
+ActiveFT's, the proxy's scores are not re-computed row by row: with W > 1 workers they can
+differ from W = 1 in the last float bits, so near-ties may resolve differently.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def select_with_proxy(pool: Pool, comm: Collectives, proxy: MLP, strategy: str, 
     if strategy == "coreset":
         return k_center_greedy(Pool(hidden, pool.offset, pool.size), comm, budget, g, labeled, tag="coreset")
     if strategy == "badge":
-        emb = Pool(badge_embedding(probs, hidden), pool.offset, pool.size)
+        step = chunk_rows(probs.shape[1] * hidden.shape[1])  # (rows, C, H) only a chunk at a time
+        emb = Pool(torch.cat([badge_embedding(probs[lo:lo + step], hidden[lo:lo + step])
+                              for lo in range(0, len(probs), step)]), pool.offset, pool.size)
         return kmeans_plusplus(emb, comm, budget, g, exclude=labeled)
     raise ValueError(f"unknown strategy {strategy!r}")
 
