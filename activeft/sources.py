@@ -48,6 +48,10 @@ def _read_manifest(source: str) -> pa.Table:
         raise SourceError(str(e)) from e
     if "uri" not in table.column_names:
         raise SourceError(f"manifest {source} has no 'uri' column (columns: {', '.join(table.column_names)})")
+    clash = [c for c in ("partition", "row", "image", "error", "embedding") if c in table.column_names]
+    if clash:
+        raise SourceError(f"manifest {source} has column(s) {', '.join(map(repr, clash))}, which the store writes "
+                          "itself; rename them")
     if "id" not in table.column_names:
         table = table.append_column("id", table.column("uri"))
     for name in ("id", "uri"):

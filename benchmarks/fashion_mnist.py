@@ -23,6 +23,19 @@ FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+def write_result(result: dict, out: str | None) -> dict:
+    """Stamp the machine on a benchmark ``result``, print its table and write it to ``out`` as JSON."""
+    import json
+    import platform
+
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", **result}
+    print(result["table"])
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
 def ensure() -> None:
     """Install the Debian package with the project's script when the files are missing."""
     if not all(os.path.exists(os.path.join(DIR, f)) for pair in FILES.values() for f in pair):

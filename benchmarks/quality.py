@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 
@@ -130,15 +129,11 @@ def main(argv=None) -> dict:
             for method in methods:
                 rows.append(run_cell(pool, test, truth, method, budget, seed, args.workdir, params))
                 log.info("%s", json.dumps(rows[-1]))
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "features": args.model or "pca64",
-              "scored_on": f"validation split of {args.holdout} pool images" if args.holdout else "test set",
-              "pool": len(pool), "test": len(test), "params": params, "rows": rows,
-              "table": table(rows, budgets, methods)}
-    print(result["table"])
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    return result
+    return fashion_mnist.write_result({
+        "features": args.model or "pca64",
+        "scored_on": f"validation split of {args.holdout} pool images" if args.holdout else "test set",
+        "pool": len(pool), "test": len(test), "params": params, "rows": rows, "table": table(rows, budgets, methods)},
+        args.out)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,11 @@ def _rss(field: str) -> int:
 
 
 def peak_bytes(fn) -> int:
-    """Peak resident memory that ``fn`` adds above the current resident set."""
+    """Peak resident memory that ``fn`` adds above the current resident set (after handing freed heap
+    memory back to the OS, or ``fn`` would reuse pages an earlier run left resident and show ~0)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _rss("VmRSS:")

@@ -175,6 +175,7 @@ def test_bad_inputs_one_line_each(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no_uri.csv").write_text("id,path\na,b.png\n")
     (tmp_path / "dupes.csv").write_text(f"id,uri\na,{src}/img0000.png\na,{src}/img0001.jpg\n")
+    (tmp_path / "clash.csv").write_text(f"uri,embedding\n{src}/img0000.png,x\n")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("precious")
     (tmp_path / "ro").mkdir()
@@ -185,6 +186,7 @@ def test_bad_inputs_one_line_each(tmp_path, capsys):
         ([str(tmp_path / "empty"), "-o", out], "has no images"),
         ([str(tmp_path / "no_uri.csv"), "-o", out], "has no 'uri' column"),
         ([str(tmp_path / "dupes.csv"), "-o", out], "1 duplicate ids \\(e.g. 'a'\\)"),
+        ([str(tmp_path / "clash.csv"), "-o", out], "column\\(s\\) 'embedding', which the store writes itself"),
         ([str(src), "-o", out, "--model", "resnet_18"], "unknown timm model 'resnet_18'.*did you mean 'resnet18'"),
         ([str(src), "-o", str(tmp_path / "full"), "--pretrained", "none"], "is not empty; pass --resume"),
         ([str(src), "-o", str(tmp_path / "full"), "--overwrite"], "not an embedding store; refusing"),
