@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import __version__, metrics, storage
 from .errors import LabelsError, check
-from .labels import check_against, class_map, read_labels
+from .labels import check_against, class_indices, class_map, read_labels
 from .select import calibration as dc
 from .select import read_selection
 from .select._run import run
@@ -27,6 +27,7 @@ from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 CALIBRATION = "calibration.json"
+CALIBRATED = "calibrated.parquet"
 
 
 def calibrate(store, *, selection, labels, output: str | None = None, alpha: float = 0.7, xi: float = 0.2,
@@ -103,7 +104,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     given = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist(), strict=True))
     rows = store.rows_of(sel.ids, "selected ids")
     label_of = [given[i] for i in sel.ids]
-    klass = np.array([classes.index(v) for v in label_of])
+    klass = class_indices(label_of, classes)
     if len(classes) < 2:
         raise LabelsError(f"the labels have a single class ({classes[0]!r}); calibration needs at least two")
     per_label = dc.samples_per_label(len(rows), len(classes)) if samples_per_label == "auto" else int(samples_per_label)
@@ -139,7 +140,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
             "pseudo_label_accuracy": _diagnostic_accuracy(store, result["rows"], origin, given),
             "seconds": round(time.perf_counter() - start, 3)}
     if output is not None:
-        storage.write_parquet(storage.join(output, "calibrated.parquet"), out)
+        storage.write_parquet(storage.join(output, CALIBRATED), out)
         storage.write_json(storage.join(output, CALIBRATION), info)
     acc = info["pseudo_label_accuracy"]
     log.info("calibrate: %d labeled + %d pseudo-labeled (%d skipped) in %.1f s%s", len(rows), len(pseudo_ids),
@@ -149,9 +150,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
 
 
 def _job(rows, klass, n_classes, params, pool, comm, checkpoints) -> dict:
-    p = {k: v for k, v in params.items() if k not in ("tukey_lambda", "samples_per_label", "clusters")}
-    return dc.calibrate(pool, comm, rows, klass, n_classes, per_label=params["samples_per_label"],
-                        clusters=params["clusters"], **p)
+    return dc.calibrate(pool, comm, rows, klass, n_classes, **{k: v for k, v in params.items() if k != "tukey_lambda"})
 
 
 def _diagnostic_accuracy(store: EmbeddingStore, rows, origin, given) -> float | None:

@@ -17,10 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import storage
 from .errors import ActiveftError, ConfigError
+from .loop import parse_budgets, parse_refresh
+from .select import list_selectors, resolve_budget
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _accepted_by(field: str, parse, allowed: str, mode: str = "after"):
+    """A validator of ``field``: the value must pass the library's own ``parse`` (the API and the
+    config accept the same values); ``allowed`` is what the one-line error says it must be."""
+    def accepted(cls, v):
+        try:
+            parse(v)
+        except ActiveftError:
+            raise ValueError(f"must be {allowed}") from None
+        return v
+
+    return field_validator(field, mode=mode)(classmethod(accepted))
 
 
 class EmbedConfig(_Section):
@@ -48,22 +63,13 @@ class SelectConfig(_Section):
     checkpoint_every: int = Field(25, ge=0)
     params: dict[str, Any] = {}
 
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _budget(cls, v):
-        from .select import resolve_budget
-
-        try:
-            resolve_budget(v, 10 ** 15)  # the form only: the pool size is known once the store is
-        except ActiveftError:
-            raise ValueError("must be a count >= 1 or a fraction of the pool ('1%', '0.01')") from None
-        return v
+    # the form only: the pool size is known once the store is
+    _budget = _accepted_by("budget", lambda v: resolve_budget(v, 10 ** 15),
+                           "a count >= 1 or a fraction of the pool ('1%', '0.01')", mode="before")
 
     @field_validator("method")
     @classmethod
     def _known(cls, v):
-        from .select import list_selectors
-
         if v not in list_selectors():
             raise ValueError(f"must be one of {', '.join(list_selectors())}")
         return v
@@ -148,27 +154,9 @@ class LoopConfig(_Section):
     gpu_hour_cost: float = Field(3.0, ge=0)
     cpu_hour_cost: float = Field(0.05, ge=0)
 
-    @field_validator("round_budget", mode="before")
-    @classmethod
-    def _budgets(cls, v):
-        from .loop import parse_budgets
-
-        try:
-            parse_budgets(v, None)
-        except ActiveftError:
-            raise ValueError("must be a count >= 1 or counts 'B1,B2,...'") from None
-        return v
-
-    @field_validator("refresh")
-    @classmethod
-    def _policy(cls, v):
-        from .loop import parse_refresh
-
-        try:
-            parse_refresh(v)
-        except ActiveftError:
-            raise ValueError("must be 'never', 'logme' or 'at-labels:N'") from None
-        return v
+    _budgets = _accepted_by("round_budget", lambda v: parse_budgets(v, None), "a count >= 1 or counts 'B1,B2,...'",
+                            mode="before")
+    _policy = _accepted_by("refresh", parse_refresh, "'never', 'logme' or 'at-labels:N'")
 
 
 class Config(_Section):

@@ -32,7 +32,7 @@ from . import __version__, metrics, storage
 from .backbone import BackboneSpec, pooled_features
 from .errors import LabelsError, ModelError, StoreError, check
 from .heads import MLP, train_linear, train_mlp
-from .labels import class_map, read_labels
+from .labels import class_indices, class_map, read_labels
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     if len(classes) < 2:
         raise LabelsError(f"the train table has a single class ({classes[0]!r}); a classifier needs at least two")
     rows = store.rows_of(table.column("id").to_pylist(), "train ids")
-    target = np.array([classes.index(v) for v in table.column("label").to_pylist()])
+    target = class_indices(table.column("label"), classes)
     val_source, val_rows, val_target = _validation(store, val, val_store, classes)
     spec, dim = _backbone(store, model, pretrained, mode) if mode != "linear" else (None, store.dim)
     backbone = spec or _store_spec(store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,6 +52,13 @@ def class_map(labels) -> list:
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return sorted(values)
     return sorted(values, key=str)
+
+
+def class_indices(labels, classes: list) -> np.ndarray:
+    """Each label's index in ``classes`` (:func:`class_map`'s order)."""
+    position = {c: i for i, c in enumerate(classes)}
+    return np.array([position[v] for v in (labels.to_pylist() if hasattr(labels, "to_pylist") else labels)],
+                    dtype=np.int64)
 
 
 def check_against(table: pa.Table, selected_ids) -> None:

@@ -44,7 +44,7 @@ from . import __version__, metrics, storage
 from .errors import ConfigError, ParameterError, check
 from .export import export
 from .heads import train_mlp
-from .labels import class_map, read_labels
+from .labels import class_indices, class_map, read_labels
 from .logme import logme
 from .select import select
 from .select._run import run
@@ -195,21 +195,19 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
             rec["status"] = "selected"
             _save(state, st, _stop_at, "selected")
         if rec["status"] == "selected":
+            uri = storage.join(state, f"round-{r}", "export")
             if oracle:
                 truth = first_store.take(first_store.rows_of(rec["selected"]), ["id", "label"])
                 _append_labels(state, truth)
-            else:
-                uri = storage.join(state, f"round-{r}", "export")
-                if not storage.exists(storage.join(uri, "export.json")):
-                    _export(first_store, rec["selected"], uri)
-                have = set(_labels(state, st, labels, oracle).column("id").to_pylist())
-                missing = sorted(set(rec["selected"]) - have)
-                if missing:
-                    log.info("loop: round %d waits for %d labels (e.g. %s); send %s to annotators, then re-run",
-                             r, len(missing), missing[0], uri)
-                    _save(state, st)
-                    return st
+            elif not storage.exists(storage.join(uri, "export.json")):
+                _export(first_store, rec["selected"], uri)
             given = _labels(state, st, labels, oracle)
+            missing = sorted(set(rec["selected"]) - set(given.column("id").to_pylist()))
+            if missing:  # only with a labels table: the oracle has just answered
+                log.info("loop: round %d waits for %d labels (e.g. %s); send %s to annotators, then re-run",
+                         r, len(missing), missing[0], uri)
+                _save(state, st)
+                return st
             if eval_store:
                 rec["eval_accuracy"] = account.time("evaluate", 1, False, _probe, EmbeddingStore(st["store"]), given,
                                                     st.get("eval_store") or eval_store)
@@ -268,7 +266,7 @@ def _labels(state: str, st: dict, labels, oracle) -> pa.Table:
         table = read_labels(labels) if storage.exists(str(labels)) else None
     if table is None:
         return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64())})
-    keep = pa.compute.is_in(table.column("id"), pa.array(selected, pa.string()))
+    keep = pc.is_in(table.column("id"), pa.array(selected, pa.string()))
     return table.filter(keep).select(["id", "label"])
 
 
@@ -346,21 +344,17 @@ def _labeled(store: EmbeddingStore, given: pa.Table) -> tuple[torch.Tensor, torc
     """Embeddings and class indices of the labeled ids, and the class map."""
     classes = class_map(given.column("label"))
     x = torch.from_numpy(store.embeddings_at(store.rows_of(given.column("id").to_pylist())))
-    return x, torch.tensor([classes.index(v) for v in given.column("label").to_pylist()]), classes
+    return x, torch.from_numpy(class_indices(given.column("label"), classes)), classes
 
 
 def _probe(store: EmbeddingStore, given: pa.Table, eval_store) -> float:
     """Top-1 on ``eval_store`` of the linear probe trained on all labels so far."""
+    from .finetune import _accuracy, _validation
     from .heads import train_linear
 
     x, y, classes = _labeled(store, given)
-    head = train_linear(x, y, len(classes))
-    other = EmbeddingStore(eval_store)
-    known = {str(c): i for i, c in enumerate(classes)}
-    target = np.array([known.get(str(v), -1) for v in other.read(columns=["label"]).column("label").to_pylist()])
-    with torch.no_grad():
-        pred = head(torch.from_numpy(other.embeddings())).argmax(1).numpy()
-    return float((pred == target).mean())
+    source, rows, target = _validation(store, None, eval_store, classes)
+    return _accuracy(train_linear(x, y, len(classes)), source.embeddings_of(rows), target)
 
 
 def _final_mode(store: EmbeddingStore, given: pa.Table, final: str, threshold: int) -> str:

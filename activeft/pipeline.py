@@ -58,6 +58,16 @@ class Pipeline:
         return result
 
 
+def embed_stage(p: Pipeline, e) -> str:
+    """The embed stage of a pipeline, always resuming: new images of the source are embedded, finished
+    partitions kept. Returns the store's URI."""
+    from .embed import embed
+    from .store import MANIFEST
+
+    return p.stage("embed", lambda: embed(e.source, e.store, **e.model_dump(exclude={"source", "store"}),
+                                          resume=True).uri, storage.join(e.store, MANIFEST), {"embed": e})
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     """``{"select": SelectConfig(...)}`` -> ``{"select.budget": "1%", ...}`` (JSON values)."""
     out = {}

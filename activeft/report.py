@@ -68,7 +68,8 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     n = len(store)
     pool_rows = np.sort(rng.choice(n, min(sample, n), replace=False))
     sel_rows = store.rows_of(sel.ids, "selected ids")
-    pool, chosen = store.embeddings_at(pool_rows), store.embeddings_at(sel_rows)
+    both = store.embeddings_at(np.concatenate([pool_rows, sel_rows]))  # one read of the shards
+    pool, chosen = both[:len(pool_rows)], both[len(pool_rows):]
     sections = [_summary(sel, n)]
     sections += [_loss_curve(sel.info), _projection(pool, chosen), _coverage(sel.info)]
     sections.append(_cluster_coverage(pool, chosen, clusters, seed))

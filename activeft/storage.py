@@ -139,14 +139,14 @@ def prepare_output(output: str, config: dict, *, resume: bool, overwrite: bool, 
     when the resumed run had already finished (its ``marker`` file exists).
     """
     cfg, record = join(output, "_work", "config.json"), {"stage": what, **config}
-    before = read_json(cfg) if has_entries(output) and exists(cfg) else None
     if has_entries(output):
+        before = read_json(cfg) if exists(cfg) else {}
         if overwrite:
-            if not (exists(join(output, marker)) or (before or {}).get("stage") == what):
+            if not (exists(join(output, marker)) or before.get("stage") == what):
                 raise OutputExistsError(f"output {output} is not empty and is not a {what}; refusing to overwrite it")
             delete(output)
         elif resume:
-            if (before or {}).get("stage") != what:
+            if before.get("stage") != what:
                 raise OutputExistsError(f"output {output} has no {what} to resume")
             if before != record:
                 diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))

@@ -41,11 +41,12 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "loop"))
     p.add_argument("--out")
     args = p.parse_args(argv)
+    strategies = args.strategies.split(",")
     pool, test = fashion_mnist.build_stores(args.workdir, args.pool_size, args.test_size)
     truth = dict(zip(pool.ids(), pool.read(columns=["label"]).column("label").to_pylist(), strict=True))
     rows = []
     for seed in range(args.seeds):
-        for strategy in args.strategies.split(","):
+        for strategy in strategies:
             state = os.path.join(args.workdir, "states", f"{strategy}-{seed}")
             shutil.rmtree(state, ignore_errors=True)
             st = activeft.loop(pool, state=state, round_budget=args.budget, rounds=args.rounds, strategy=strategy,
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     lines = ["| strategy | " + " | ".join(f"round {r + 1} ({(r + 1) * args.budget})" for r in range(args.rounds))
              + " | selection s (all rounds) |", "|---|" + "---|" * (args.rounds + 1)]
-    for name in list(args.strategies.split(",")) + ["one-shot activeft"]:
+    for name in strategies + ["one-shot activeft"]:
         acc = np.array([r["accuracy"] for r in rows if r["strategy"] == name]) * 100
         cells = [f"{m:.1f} ± {s:.1f}" for m, s in zip(acc.mean(0), acc.std(0), strict=True)]
         if name == "one-shot activeft":

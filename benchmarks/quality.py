@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fashion_mnist  # noqa: E402
 
 import activeft  # noqa: E402
+from activeft.calibrate import CALIBRATION  # noqa: E402
 
 METHODS = ("random", "fds", "kmeans", "activeft", "activedc")
 log = logging.getLogger("quality")
@@ -73,7 +74,7 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
         start = time.perf_counter()
         train = activeft.calibrate(pool, selection=os.path.join(base, "sel"), labels=labels, seed=seed,
                                    output=os.path.join(base, "cal"), overwrite=True, **params.get("calibrate", {}))
-        info = json.load(open(os.path.join(base, "cal", "calibration.json")))
+        info = activeft.storage.read_json(os.path.join(base, "cal", CALIBRATION))
         row.update(calibrate_s=round(time.perf_counter() - start, 2), pseudo=info["pseudo"],
                    pseudo_accuracy=info["pseudo_label_accuracy"], skipped=info["skipped"])
     metrics = activeft.finetune(pool, train=train, val_store=test, output=os.path.join(base, "run"), mode="linear",
@@ -113,8 +114,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="write the raw rows and the table as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("activeft",):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("activeft").setLevel(logging.WARNING)
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
     if args.model:

@@ -11,7 +11,7 @@ import activeft
 from activeft import storage
 from activeft.export import MARKER as EXPORTED
 from activeft.export import export
-from activeft.pipeline import Pipeline, main
+from activeft.pipeline import Pipeline, embed_stage, main
 from activeft.report import REPORT, write_report
 from activeft.select import SELECTION
 
@@ -23,20 +23,13 @@ def run(cfg):
     cfg.require("embed", "select")
     e, s, r, x = cfg.embed, cfg.select, cfg.report, cfg.export
     p = Pipeline(cfg)
-    store = p.stage("embed", lambda: activeft.embed(
-        e.source, e.store, model=e.model, pretrained=e.pretrained, batch_size=e.batch_size, image_size=e.image_size,
-        num_actors=e.num_actors, gpus_per_actor=e.gpus_per_actor, partition_size=e.partition_size, dtype=e.dtype,
-        max_error_fraction=e.max_error_fraction, resume=True).uri, storage.join(e.store, "_manifest.json"),
-        {"embed": e})
-    p.stage("select", lambda: activeft.select(
-        store, s.budget, output=s.output, method=s.method, num_workers=s.num_workers, use_gpu=s.use_gpu, seed=s.seed,
-        exclude=s.exclude, checkpoint_every=s.checkpoint_every, resume=storage.has_entries(s.output),
-        **s.params).uri, storage.join(s.output, SELECTION), {"select": s})
+    store = embed_stage(p, e)
+    p.stage("select", lambda: activeft.select(store, **s.model_dump(exclude={"params"}), resume=True, **s.params).uri,
+            storage.join(s.output, SELECTION), {"select": s})
     if r.enabled:
         p.stage("report", lambda: write_report(store, s.output, sample=r.sample, clusters=r.clusters, seed=s.seed),
                 storage.join(s.output, REPORT), {"select": s, "report": r})
-    p.stage("export", lambda: export(s.output, x.output, label_studio=x.label_studio, presign=x.presign,
-                                     expires=x.expires), storage.join(x.output, EXPORTED),
+    p.stage("export", lambda: export(s.output, **x.model_dump()), storage.join(x.output, EXPORTED),
             {"select": s, "export": x})
     log.info("curate: selection %s; report %s; annotation export %s", s.output,
              storage.join(s.output, REPORT) if r.enabled else "off", x.output)

@@ -9,7 +9,7 @@ import sys
 
 import activeft
 from activeft import storage
-from activeft.calibrate import CALIBRATION
+from activeft.calibrate import CALIBRATED, CALIBRATION
 from activeft.finetune import METRICS
 from activeft.pipeline import Pipeline, main
 
@@ -25,18 +25,13 @@ def run(cfg):
     train_table = t.labels
     if c.enabled:
         p.stage("calibrate", lambda: activeft.calibrate(
-            t.store, selection=t.selection, labels=t.labels, output=c.output, alpha=c.alpha, xi=c.xi,
-            tukey_lambda=c.tukey_lambda, clusters=c.clusters, samples_per_label=c.samples_per_label,
-            emd_filter=c.emd_filter, max_draws=c.max_draws, kmeans_runs=c.kmeans_runs, num_workers=c.num_workers,
-            use_gpu=c.use_gpu, seed=c.seed, overwrite=True).num_rows, storage.join(c.output, CALIBRATION),
+            t.store, selection=t.selection, labels=t.labels, **c.model_dump(exclude={"enabled"}),
+            overwrite=True).num_rows, storage.join(c.output, CALIBRATION),
             {"train": t.model_dump(mode="json", exclude={"finetune"})})
-        train_table = storage.join(c.output, "calibrated.parquet")
-    p.stage("finetune", lambda: activeft.finetune(
-        t.store, train=train_table, output=f.output, mode=f.mode, val=f.val, val_store=f.val_store, model=f.model,
-        pretrained=f.pretrained, head=f.head, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size,
-        weight_decay=f.weight_decay, eval_every=f.eval_every, num_workers=f.num_workers, use_gpu=f.use_gpu,
-        seed=f.seed, max_failures=f.max_failures, resume=storage.has_entries(f.output))["final_val_accuracy"],
-        storage.join(f.output, METRICS), {"train": t})
+        train_table = storage.join(c.output, CALIBRATED)
+    p.stage("finetune", lambda: activeft.finetune(t.store, train=train_table, **f.model_dump(),
+                                                  resume=True)["final_val_accuracy"],
+            storage.join(f.output, METRICS), {"train": t})
     metrics = p.stage("evaluate", lambda: {k: v for k, v in storage.read_json(storage.join(f.output, METRICS)).items()
                                            if k in ("final_val_accuracy", "best_val_accuracy", "exported_epoch")})
     log.info("train: model %s; validation top-1 final %s, best %s", storage.join(f.output, "model.safetensors"),

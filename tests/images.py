@@ -41,3 +41,11 @@ def write_broken(folder) -> list[str]:
     with open(os.path.join(folder, "notes.jpg"), "w") as f:
         f.write("this is not an image\n")
     return ["corrupt.png", "notes.jpg", "truncated.jpg"]
+
+
+def stripes(i: int, vertical: bool, size: int = 32) -> np.ndarray:
+    """A noisy stripe image: vertical or horizontal is the class, easy for a CNN to learn."""
+    rng = np.random.default_rng(i)
+    ramp = (np.arange(size) // (4 + i % 3) % 2) * 200 + 30
+    img = np.tile(ramp, (size, 1)) if vertical else np.tile(ramp[:, None], (1, size))
+    return np.clip(img[:, :, None] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)

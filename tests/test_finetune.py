@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from images import stripes
 from PIL import Image
 
 import activeft
@@ -91,14 +92,6 @@ def test_bad_inputs(features, tmp_path, caplog, capsys):
 
 
 # ---- full finetuning on real images (Ray Train, 2 CPU workers) --------------------------------------------------
-
-
-def stripes(i: int, vertical: bool, size: int = 32) -> np.ndarray:
-    rng = np.random.default_rng(i)
-    period = 4 + i % 3
-    ramp = (np.arange(size) // period % 2) * 200 + 30
-    img = np.tile(ramp, (size, 1)) if vertical else np.tile(ramp[:, None], (1, size))
-    return np.clip(img[:, :, None] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from images import stripes
 from PIL import Image
 
 import activeft
@@ -125,13 +126,6 @@ def test_human_in_the_loop_stops_and_continues(store, tmp_path):
     labels_csv.write_text("id,label\n" + "".join(f"{i},{truth[i]}\n" for i in answered))
     st = activeft.loop(store, state=str(tmp_path / "s"), **args)
     assert [r["status"] for r in st["rounds"]] == ["labeled", "labeled"] and st["cost"]["labels"] == 12
-
-
-def stripes(i, vertical, size=32):
-    rng = np.random.default_rng(i)
-    ramp = (np.arange(size) // (4 + i % 3) % 2) * 200 + 30
-    img = np.tile(ramp, (size, 1)) if vertical else np.tile(ramp[:, None], (1, size))
-    return np.clip(img[:, :, None] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
 @pytest.mark.usefixtures("ray_session")

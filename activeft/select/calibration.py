@@ -90,18 +90,18 @@ def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
 
 
 def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_class: np.ndarray, n_classes: int,
-              *, alpha: float, xi: float, per_label: int, clusters: int | None = None, seed: int = 0,
+              *, alpha: float, xi: float, samples_per_label: int, clusters: int, seed: int = 0,
               emd_filter: bool = False, max_draws: int = 50, kmeans_runs: int = 10) -> dict:
     """Run steps 2-5 on a pool that is already Tukey-transformed; the same result on every rank.
 
     Returns ``rows`` / ``origin`` (index into ``labeled_rows``) of the pseudo-labeled samples in
     the order they were added, plus statistics for the report.
     """
-    k = clusters or n_classes
+    k = clusters
     runs = [kmeans(pool, comm, k, iterations=300, tol=1e-4, seed=seed + r, tag="calibrate kmeans")
             for r in range(kmeans_runs)]
     centroids, history = min(runs, key=lambda run: run[1][-1])
-    assign = FlatIndex(centroids, "l2").search(pool.x)[0]
+    assign = FlatIndex(centroids, "l2").search(pool.x, scores=False)[0]
 
     labeled = torch.as_tensor(labeled_rows, dtype=torch.long)
     lab_cluster = torch.zeros(len(labeled), dtype=torch.float64, device=pool.device)
@@ -132,7 +132,7 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
         factors.append(vecs * vals.clamp(min=0).sqrt())
 
     def draw(i: int, attempt: int) -> torch.Tensor:
-        eps = np.random.default_rng([seed, i, attempt]).standard_normal((per_label, pool.x.shape[1]))
+        eps = np.random.default_rng([seed, i, attempt]).standard_normal((samples_per_label, pool.x.shape[1]))
         c = int(labeled_class[i])
         z = means[c] + torch.from_numpy(eps).to(pool.device) @ factors[c].T
         return torch.nn.functional.normalize(z, dim=1).float()
@@ -166,7 +166,7 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
             order = sorted(pending)
             found = search(torch.cat([pending[i] for i in order]))
             for n, i in enumerate(order):
-                candidates[i] = found[n * per_label:(n + 1) * per_label]
+                candidates[i] = found[n * samples_per_label:(n + 1) * samples_per_label]
             pending = {}
         i = first
         while i < len(labeled):
