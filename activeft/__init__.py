@@ -8,8 +8,9 @@ finetune a timm backbone on them, on a laptop or a Ray cluster with the same cod
 __version__ = "0.1.0"
 
 from .calibrate import calibrate  # noqa: E402
+from .classifier import load_model  # noqa: E402
 from .embed import embed  # noqa: E402
-from .finetune import finetune, load_model  # noqa: E402
+from .finetune import finetune  # noqa: E402
 from .importer import import_embeddings  # noqa: E402
 from .loop import loop  # noqa: E402
 from .select import Selection, list_selectors, read_selection, select  # noqa: E402

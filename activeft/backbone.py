@@ -21,6 +21,7 @@ import numpy as np
 
 from . import storage
 from .errors import ModelError, suggest
+from .images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ def _sha256(path: str) -> str:
 
 @dataclass
 class Preprocess:
-    """PIL image -> uint8 CHW array, by timm's eval (or train) transform without normalisation.
+    """PIL image -> uint8 CHW array: :func:`~activeft.images.to_rgb`, then timm's eval (or train)
+    transform without normalisation.
 
     Normalisation (``/255``, mean, std) runs on the model's device in :meth:`normalize`,
     exactly as timm's ``use_prefetcher=True`` path splits the work.
@@ -150,9 +152,7 @@ class Preprocess:
         self._transform = create_transform(**cfg, is_training=self.training, use_prefetcher=True, **extra)
 
     def __call__(self, image) -> np.ndarray:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return np.asarray(self._transform(image), dtype=np.uint8)
+        return np.asarray(self._transform(to_rgb(image)), dtype=np.uint8)
 
     def normalize(self, x):
         """uint8 ``(N, 3, H, W)`` tensor -> normalised float32 tensor on the same device."""

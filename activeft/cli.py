@@ -7,20 +7,44 @@ Bad input ends in one line on stderr and exit code 1 (usage errors: 2); set
 
 from __future__ import annotations
 
-import logging
-import os
+import dataclasses
+import inspect
 import sys
 from typing import Annotated
 
 import typer
 
-from .errors import ActiveftError, ConfigError, suggest
+from .console import error_exit, setup_logging
+from .errors import ConfigError, suggest
+from .params import REQUIRED, cli_parameters
+from .select import PARAMS as select_params
+from .select import get_selector, list_selectors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an existing output instead of failing on it.")]
+
+
+def _generated(body, params: dict, *, arguments=(), required=(), method_params: dict | None = None):
+    """``body(**values)`` as a typer command whose arguments and options are the declared ``params``
+    (and ``method_params``, each defaulting to None: the method's own default)."""
+    sig = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                             annotation=Annotated[str, typer.Argument(help=params[n].help)]) for n in arguments]
+    options = {k: (dataclasses.replace(p, default=REQUIRED) if k in required else p)
+               for k, p in params.items() if k not in arguments}
+    sig += cli_parameters(options)
+    sig += cli_parameters({k: p for k, p in (method_params or {}).items() if k not in params}, method_defaults=True)
+    sig.sort(key=lambda p: p.default is not inspect.Parameter.empty and p.kind != p.POSITIONAL_OR_KEYWORD)
+
+    def command(**values):
+        return body(**values)
+
+    command.__signature__ = inspect.Signature(sig)
+    command.__annotations__ = {p.name: p.annotation for p in sig}
+    command.__doc__ = body.__doc__
+    return command
 
 
 @app.command()
@@ -88,44 +112,34 @@ def import_embeddings(
     typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}")
 
 
-@app.command()
-def select(
-    store: Annotated[str, typer.Argument(help="Embedding store (from `activeft embed` or `import-embeddings`).")],
-    budget: Annotated[str, typer.Option(help="Samples to select: a count, or a fraction of the pool ('1%', '0.01').")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Selection directory to write.")],
-    method: Annotated[str, typer.Option(help="activeft, kmeans, fds or random.")] = "activeft",
-    num_workers: Annotated[int, typer.Option(help="Ray Train workers, each holding a slice of the pool "
-                                                  "(1: in this process).")] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Run on GPUs (nccl between workers).")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed (init, mini-batches, random baseline).")] = 0,
-    iterations: Annotated[int | None, typer.Option(help="activeft: optimisation steps (default 300); "
-                                                           "kmeans: max Lloyd iterations (default 100).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="activeft: pool rows per step (default: all; the "
-                                                           "official ImageNet script uses 100000).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="activeft: temperature tau (default 0.07).")] = None,
-    balance: Annotated[float | None, typer.Option(help="activeft: diversity weight lambda (default 1).")] = None,
-    lr: Annotated[float | None, typer.Option(help="activeft: Adam learning rate (default 1e-3).")] = None,
-    init: Annotated[str | None, typer.Option(help="activeft: random (default), fps or kmeans++; "
-                                                     "kmeans: kmeans++ (default) or random.")] = None,
-    exclude: Annotated[str | None, typer.Option(help="Table (.csv/.parquet, 'id' column) of already-labeled "
-                                                        "ids: never selected; fixed centroids for activeft.")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Iterations between optimiser checkpoints.")] = 25,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-):
-    """Select the samples worth labeling (ActiveFT, k-means, FDS or random), sharded over Ray Train workers.
+def _select_command(**kwargs):
+    """Select the samples worth labeling, sharded over Ray Train workers. The method's own
+    parameters (below the common ones) default to the method's defaults.
 
     Example: activeft select stores/pool --budget 1% --output sel/activeft --num-workers 8 --use-gpu
     """
     from .select import select as run
 
-    params = {k: v for k, v in dict(iterations=iterations, batch_size=batch_size, temperature=temperature,
-                                    balance=balance, lr=lr, init=init).items() if v is not None}
-    sel = run(store, budget, output=output, method=method, num_workers=num_workers, use_gpu=use_gpu, seed=seed,
-              exclude=exclude, resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every, **params)
+    common = {k: kwargs.pop(k) for k in SELECT_PARAMS}
+    sel = run(**common, **{k: v for k, v in kwargs.items() if v is not None})
     info = sel.info
-    typer.echo(f"{output}: {len(sel)} of {info['pool_size']} selected by {method} in {info['seconds_total']} s; "
-               f"coverage {info['coverage']:.4f} (random: {info['coverage_random']:.4f})")
+    typer.echo(f"{common['output']}: {len(sel)} of {info['pool_size']} selected by {common['method']} in "
+               f"{info['seconds_total']} s; coverage {info['coverage']:.4f} (random: {info['coverage_random']:.4f})")
+
+
+def _method_params() -> dict:
+    """Every registered selector's parameters, each once (help prefixed by the methods using it)."""
+    out: dict = {}
+    for name in list_selectors():
+        for key, p in get_selector(name).params.items():
+            out.setdefault(key, []).append((name, p))
+    return {k: dataclasses.replace(v[0][1], help="; ".join(f"{m}: {p.help} (default {p.default})" for m, p in v))
+            for k, v in out.items()}
+
+
+SELECT_PARAMS = {k: v for k, v in select_params.items() if k != "store"}
+app.command("select")(_generated(_select_command, select_params, arguments=("store",), required=("output",),
+                                 method_params=_method_params()))
 
 
 @app.command()
@@ -257,24 +271,24 @@ def loop(
                f"final model: {st['final'] and st['final']['run']}")
 
 
-@app.command("run")
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_pipeline(
+    ctx: typer.Context,
     pipeline: Annotated[str, typer.Argument(help="Pipeline: curate (embed, select, report, export), train "
-                                                 "(calibrate, finetune, evaluate) or active_loop (multi-round ASVP).")],
-    config: Annotated[str, typer.Option(help="Pipeline config (YAML, local or s3://).")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, "
-                                                                 "e.g. --set select.budget=2% (repeatable).")] = None,
-    date: Annotated[str | None, typer.Option(help="The {date} of a scheduled run (default: today, UTC).")] = None,
+                                                 "(calibrate, finetune, evaluate) or active_loop (multi-round ASVP). "
+                                                 "Its own options follow: --config X.yaml [--set KEY=VALUE ...] "
+                                                 "[--date D]; `activeft run NAME --help` lists them.")],
 ):
     """Run a pipeline from a config, resuming at its first unfinished stage.
 
-    The same modules run on a cluster: ray job submit --working-dir . -- python pipelines/curate.py --config X.yaml
+    The same parser serves `python pipelines/NAME.py`, e.g. on a cluster:
+    ray job submit --working-dir . -- python pipelines/curate.py --config X.yaml
 
     Example: activeft run curate --config configs/demo.yaml --set select.method=kmeans
     """
     import importlib
 
-    from .config import load_config
+    from .pipeline import main as pipeline_main
 
     try:
         module = importlib.import_module(f"activeft.pipelines.{pipeline}")
@@ -285,7 +299,9 @@ def run_pipeline(
 
         names = [m.name for m in pkgutil.iter_modules(pipelines.__path__)]
         raise ConfigError(suggest(pipeline, names, "pipeline")) from None
-    module.run(load_config(config, set_ or [], date))
+    code = pipeline_main(module.run, ctx.args, prog=f"activeft run {pipeline}")
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("demo-data")
@@ -302,52 +318,8 @@ def demo_data(
     typer.echo(f"{folder}: {write_digits(folder, size)} images")
 
 
-def error_exit(e: Exception, prog: str) -> int:
-    """A user error becomes one line on stderr and exit code 1; anything else is re-raised (bugs stay loud)."""
-    user = _user_error(e)
-    if user is None or os.environ.get("ACTIVEFT_DEBUG"):
-        raise e
-    print(f"{prog}: error: {user}", file=sys.stderr)
-    return 1
-
-
-def _user_error(e: BaseException) -> ActiveftError | None:
-    """The ActiveftError behind ``e``, also when Ray wrapped it (a task error's ``cause``, a Ray Train
-    worker group's ``worker_failures``)."""
-    seen, todo = set(), [e]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ActiveftError):
-            return e
-        todo += [getattr(e, "cause", None), e.__cause__, *getattr(e, "worker_failures", {}).values()]
-    return None
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time (so redirection and capture work)."""
-
-    def emit(self, record):
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-        except Exception:
-            self.handleError(record)
-
-
-def _setup_logging() -> None:
-    logger = logging.getLogger("activeft")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(os.environ.get("ACTIVEFT_LOG_LEVEL", "INFO"))
-
-
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
+    setup_logging()
     try:
         app(args=argv, prog_name="activeft")  # usage errors: typer prints them and exits 2
     except SystemExit as e:

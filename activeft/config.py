@@ -13,16 +13,31 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import storage
 from .errors import ActiveftError, ConfigError
 from .loop import parse_budgets, parse_refresh
-from .select import list_selectors, resolve_budget
+from .params import config_fields
+from .select import PARAMS as select_params
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def section(name: str, declared: dict, **extra) -> type[_Section]:
+    """A config section generated from declared parameters (:mod:`activeft.params`): their types and
+    defaults, each value checked by its rule; ``extra`` fields are the config's own."""
+    def rule_check(rule):
+        def check_(cls, v):
+            if not rule.ok(v):
+                raise ValueError(f"must be {rule.expected}")
+            return v
+        return classmethod(check_)
+
+    validators = {f"_check_{k}": field_validator(k)(rule_check(p.rule)) for k, p in declared.items()}
+    return create_model(name, __base__=_Section, __validators__=validators, **{**config_fields(declared), **extra})
 
 
 def _accepted_by(field: str, parse, allowed: str, mode: str = "after"):
@@ -52,27 +67,9 @@ class EmbedConfig(_Section):
     max_error_fraction: float = Field(0.01, ge=0, le=1)
 
 
-class SelectConfig(_Section):
-    method: str = "activeft"
-    budget: int | float | str
-    output: str = "{output}/selection"
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    seed: int = 0
-    exclude: str | None = None
-    checkpoint_every: int = Field(25, ge=0)
-    params: dict[str, Any] = {}
-
-    # the form only: the pool size is known once the store is
-    _budget = _accepted_by("budget", lambda v: resolve_budget(v, 10 ** 15),
-                           "a count >= 1 or a fraction of the pool ('1%', '0.01')", mode="before")
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, v):
-        if v not in list_selectors():
-            raise ValueError(f"must be one of {', '.join(list_selectors())}")
-        return v
+SelectConfig = section("SelectConfig", {k: p for k, p in select_params.items() if k not in ("store", "resume",
+                                                                                          "overwrite")},
+                       output=(str, "{output}/selection"), params=(dict[str, Any], {}))
 
 
 class ReportConfig(_Section):

@@ -10,6 +10,7 @@ last, ``_manifest.json``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -18,15 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
+from ray.data.extensions import ArrowTensorArray
 
-from . import _ray, _shards, metrics, sources, storage
+from . import _ray, _shards, metrics, sources, stage, storage
 from .backbone import BackboneSpec, Preprocess, pooled_features
-from .errors import OutputExistsError, ParameterError, StoreError, TooManyErrors, check
+from .errors import ParameterError, StoreError, TooManyErrors, check
 from .images import read_images
-from .store import DTYPES, ERRORS, MANIFEST, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
+from .store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
-RUN = "run.json"
 
 
 def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino", pretrained: str = "hub",
@@ -90,13 +91,11 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     check(dtype in DTYPES, "dtype", owner, f"one of {', '.join(DTYPES)}", dtype)
     check(0 <= max_error_fraction <= 1, "max_error_fraction", owner, "a float in [0, 1]", max_error_fraction)
     check(gpus_per_actor is None or gpus_per_actor > 0, "gpus_per_actor", owner, "a float > 0", gpus_per_actor)
-    check(not (resume and overwrite), "resume", owner, "False when overwrite=True (pick one)", resume)
     pool = _pool_size(num_actors)
     start = time.perf_counter()
     output = storage.absolute(output)
     spec = BackboneSpec(model, pretrained, image_size)
 
-    run = _check_output(output, resume, overwrite)
     table = sources.read_source(source)
     net, weights = spec.build()
     config = spec.data_config(net)
@@ -104,13 +103,10 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     del net
     settings = {"backbone": {"model": model, "pretrained": pretrained, "image_size": image_size,
                              "weights": weights}, "dtype": dtype, "partition_size": partition_size}
-    if run is not None and {k: run.get(k) for k in settings} != settings:
-        raise StoreError(f"store {output} was embedded with {_describe(run)}; this run asks for "
-                         f"{_describe(settings)}; use another --output or --overwrite")
-    if overwrite:  # only now that source and model are known to be good
-        storage.delete(output)
-    storage.check_writable(output)
-    storage.write_json(storage.join(output, WORK, RUN), {**settings, "source": str(source)})
+    # a finished store is resumed too: new images of the source go into new shards
+    state = stage.check(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
+                        verb="embedded")
+    stage.start(output, STAGE, settings, state)  # only now that source and model are known to be good
 
     sizes, new = _plan(output, table, partition_size)
     columns = ["id", "uri", "embedding"] + [c for c in table.column_names if c not in ("id", "uri")]
@@ -147,33 +143,6 @@ def _pool_size(num_actors) -> tuple[int, int] | None:
     return sizes
 
 
-def _describe(settings: dict) -> str:
-    b = settings.get("backbone", {})
-    return (f"model {b.get('model')} (weights {b.get('pretrained')}, image size {b.get('image_size')}), "
-            f"dtype {settings.get('dtype')}, partition size {settings.get('partition_size')}")
-
-
-def _check_output(output: str, resume: bool, overwrite: bool) -> dict | None:
-    """Check what ``output`` holds against resume/overwrite (changing nothing); return the
-    earlier run's settings when resuming."""
-    if storage.is_file(output):
-        raise OutputExistsError(f"output {output} is a file, not a directory")
-    if not storage.has_entries(output):
-        return None
-    if overwrite:
-        if not (storage.exists(storage.join(output, MANIFEST)) or storage.exists(storage.join(output, WORK))):
-            raise OutputExistsError(f"output {output} is not empty and is not an embedding store; "
-                                    "refusing to overwrite it")
-        return None
-    if not resume:
-        raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
-                                "or --overwrite to replace it")
-    if not storage.exists(storage.join(output, WORK, RUN)):
-        raise OutputExistsError(f"output {output} is not empty and was not written by `activeft embed`; "
-                                "cannot resume it")
-    return storage.read_json(storage.join(output, WORK, RUN))
-
-
 def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, int], int]:
     """Partition sizes of the store, adding partitions for source rows not planned before."""
     plan_dir = storage.join(output, WORK, "plan")
@@ -207,39 +176,44 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
     if pool is None:
         n = int(gpus // gpus_per_actor) if gpus_per_actor else int(cpus) // 4
         pool = (max(n, 1), max(n, 1))
-    if not gpus_per_actor and pool[0] >= cpus:
-        raise ParameterError(f"--num-actors {pool[0]} CPU actors would take all {cpus:g} CPUs of the cluster and "
-                             "leave none for the read and write tasks (the job would hang); use fewer actors")
-    # CPU actors reserve one CPU each (read/write tasks always find one) and use the CPUs the
-    # pool leaves idle as torch threads: decode is fused into the actor, so one core per actor
-    # would sit mostly idle. GPU actors keep torch's default.
+    # Decoding is the usual bottleneck, so it gets every CPU of the cluster: 1-CPU tasks on
+    # blocks of at most a batch, enough blocks for each CPU whatever the partition size (the
+    # read splits each plan file). Actors reserve no CPU: a GPU actor only copies batches, and
+    # CPU actors run cluster CPUs / actors torch threads beside the decode tasks, as a
+    # DataLoader's main process runs beside its workers.
+    rows = max(1, min(batch_size, math.ceil(sum(todo.values()) / (2 * cpus))))
+    splits = math.ceil(max(todo.values()) / rows)
     threads = None if gpus_per_actor else max(1, int(cpus) // pool[1])
-    actor_args = {"num_gpus": gpus_per_actor} if gpus_per_actor else {"num_cpus": 1}
     fs, _ = storage.resolve(output)
     paths = [storage.resolve(_shards.plan_uri(output, p))[1] for p in sorted(todo)]
-    ds = ray.data.read_parquet(paths, filesystem=fs)
-    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=max(8, batch_size // 2),
-                        fn_kwargs={"config": config}, num_cpus=1)
+    ds = ray.data.read_parquet(paths, filesystem=fs, override_num_blocks=len(paths) * splits)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": config},
+                        num_cpus=1)
     ds = ds.map_batches(Embedder, batch_format="pyarrow", batch_size=batch_size,
                         fn_constructor_kwargs={"spec": spec, "config": config, "dim": dim, "dtype": dtype,
                                                "threads": threads},
                         compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
                                                            initial_size=pool[1] if gpus_per_actor else pool[0]),
-                        **actor_args)
+                        num_cpus=0, num_gpus=gpus_per_actor or None)
     ds.write_datasink(ShardSink(output, todo, columns))
 
 
 def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
-    """Read, decode and preprocess each row's image; failures become an ``error`` string."""
+    """Read, decode and preprocess each row's image into an ``image`` tensor column
+    ``(n, 3, H, W)`` uint8 (Ray Data's tensor extension, built from one ndarray); failures
+    become an ``error`` string."""
     images, errors = read_images(batch.column("uri").to_pylist(), config)
     metrics.inc("activeft_decode_errors", sum(1 for e in errors if e), stage="embed")
-    flat = images.reshape(len(images), -1)
-    image_col = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-    return batch.append_column("image", image_col).append_column("error", pa.array(errors, pa.string()))
+    return batch.append_column("image", ArrowTensorArray.from_numpy(images)).append_column(
+        "error", pa.array(errors, pa.string()))
 
 
 class Embedder:
-    """A Ray Data actor holding one backbone; uint8 images in, L2-normalised float32 features out."""
+    """A Ray Data actor holding one backbone; uint8 images in, L2-normalised float32 features out.
+
+    On CUDA each batch is copied once into a pinned buffer and sent with a non-blocking copy;
+    the model runs under bf16 (or fp16) autocast. Ray Data fetches the next batches while one runs.
+    """
 
     def __init__(self, spec: BackboneSpec, config: dict, dim: int, dtype: str, threads: int | None = None):
         import torch
@@ -253,22 +227,29 @@ class Embedder:
             torch.set_num_threads(min(threads, os.cpu_count() or threads))
         self.model.to(self.device)
         self.pre = Preprocess(config)
-        self.shape = tuple(config["input_size"])
         self.dim, self.dtype = dim, dtype
+        self.pinned = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
         import torch.nn.functional as F
 
-        ok = pc.equal(batch.column("error"), "").to_numpy(zero_copy_only=False)
+        ok = np.flatnonzero(pc.equal(batch.column("error"), "").to_numpy(zero_copy_only=False))
         out = np.zeros((batch.num_rows, self.dim), np.float32)
-        if ok.any():
-            flat = batch.column("image").combine_chunks().flatten().to_numpy()
-            x = torch.from_numpy(flat.reshape(-1, *self.shape)[ok]).to(self.device, non_blocking=True)
+        if len(ok):
+            images = batch.column("image").combine_chunks().to_numpy()  # zero-copy for one chunk
+            if self.device.type == "cuda":
+                if self.pinned is None or len(self.pinned) < len(ok):
+                    self.pinned = torch.empty((len(ok), *images.shape[1:]), dtype=torch.uint8).pin_memory()
+                x = self.pinned[:len(ok)]
+                np.take(images, ok, axis=0, out=x.numpy())  # the previous copy is done: its results were read
+                x = x.to(self.device, non_blocking=True)
+            else:
+                x = torch.from_numpy(images[ok])
             with torch.inference_mode(), torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
                 feats = pooled_features(self.model, self.pre.normalize(x))
             out[ok] = F.normalize(feats.float(), dim=1).cpu().numpy()
-            metrics.inc("activeft_images_embedded", int(ok.sum()), stage="embed")
+            metrics.inc("activeft_images_embedded", len(ok), stage="embed")
         batch = batch.drop_columns(["image"])
         return batch.append_column("embedding", embedding_array(out, self.dtype))
 

@@ -16,8 +16,8 @@ import time
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from . import storage
-from .errors import OutputExistsError, ParameterError, check
+from . import stage, storage
+from .errors import ParameterError, check
 from .select import Selection, read_selection
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     table = sel.table
     has_uris = "uri" in table.column_names
     output = storage.absolute(output)
-    if storage.has_entries(output) and not storage.exists(storage.join(output, MARKER)):
-        raise OutputExistsError(f"output {output} is not empty and is not an export; refusing to write into it")
-    storage.check_writable(output)
+    settings = {"selection": sel.uri, "label_studio": label_studio, "presign": presign}
+    stage.start(output, "export", settings,
+                stage.check(output, "export", settings, marker=MARKER, resume=None, overwrite=True))
     files = {}
     buf = pa.BufferOutputStream()
     pacsv.write_csv(table.select(["id", "uri", "rank"] if has_uris else ["id", "rank"]), buf)

@@ -10,18 +10,46 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import storage
-from .backbone import Preprocess
 
 _BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 @functools.lru_cache(maxsize=8)
-def preprocess(config_key: tuple, training: bool = False) -> Preprocess:
+def preprocess(config_key: tuple, training: bool = False):
+    from .backbone import Preprocess
+
     return Preprocess(dict(config_key), training)
 
 
 def config_key(config: dict) -> tuple:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())
+
+
+def to_rgb(image):
+    """The upright 8-bit RGB version of a decoded PIL image, as timm's transforms expect.
+
+    - The EXIF orientation is applied: a sideways phone photo embeds as the upright image.
+    - 16-bit, 32-bit integer and float images (modes ``I;16*``, ``I``, ``F``) are scaled
+      linearly from their own minimum and maximum to 0..255 (Pillow's ``convert`` clips them,
+      so a 16-bit PNG turns white); NaN and inf become 0, a constant image black.
+    - Alpha (RGBA, LA, PA, palette transparency) is dropped, not composited: the pixels' own
+      colours are kept, as timm's and torchvision's loaders do (``convert("RGB")``), so
+      embeddings match what models trained through them see.
+    - Palette, CMYK, YCbCr, grayscale and bilevel images are converted by Pillow.
+    """
+    from PIL import ExifTags, Image, ImageOps
+
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        x = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(x)
+        lo, hi = (x[finite].min(), x[finite].max()) if finite.any() else (0.0, 0.0)
+        x = np.where(finite, (x - lo) * (255 / (hi - lo) if hi > lo else 0.0), 0.0)
+        image = Image.fromarray(np.round(x).astype(np.uint8))
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow's own route for palette transparency; alpha dropped below
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _fetch(uri: str):
@@ -32,8 +60,9 @@ def _fetch(uri: str):
 
 
 def read_images(uris: list[str], config: dict, training: bool = False) -> tuple[np.ndarray, list[str]]:
-    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image;
-    a row that cannot be read or decoded gets zeros and its error message ("" when fine)."""
+    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image
+    (made RGB by :func:`to_rgb`); a row that cannot be read or decoded gets zeros and its error
+    message ("" when fine)."""
     from PIL import Image
 
     pre = preprocess(config_key(config), training)

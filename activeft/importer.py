@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import storage
-from .errors import OutputExistsError, SourceError, check
+from . import stage, storage
+from .errors import SourceError, check
 from .store import (
     DTYPES,
     ERRORS,
     MANIFEST,
+    STAGE,
     EmbeddingStore,
     embedding_array,
     embedding_matrix,
@@ -74,17 +75,13 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
         raise SourceError(f"table {table} does not exist")
     batches = (lambda: _npy_batches(table, ids, partition_size)) if str(table).endswith(".npy") else \
         (lambda: _parquet_batches(table, id_column, embedding_column, partition_size))
-    if storage.has_entries(output):
-        if not overwrite:
-            raise OutputExistsError(f"output {output} is not empty; pass --overwrite to replace it")
-        if not storage.exists(storage.join(output, MANIFEST)):
-            raise OutputExistsError(f"output {output} is not empty and is not an embedding store; "
-                                    "refusing to overwrite it")
+    settings = {"imported_from": str(table), "dtype": dtype, "normalize": normalize}
+    state = stage.check(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite)
+    if state == stage.REPLACE:
         for _ in _checked(table, batches(), normalize):  # bad input must not cost the store it would replace
             pass
-        storage.delete(output)
-    with storage.removed_on_user_error(output):
-        storage.check_writable(output)
+    with stage.removed_on_user_error(output):
+        stage.start(output, STAGE, settings, state)
         shards, dim, columns = [], None, None
         for i, (batch, x) in enumerate(_checked(table, batches(), normalize)):
             dim = x.shape[1]

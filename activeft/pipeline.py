@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from . import storage
 from .config import Config, load_config
 from .errors import ConfigError
+from .stage import changes, header
 
 log = logging.getLogger("activeft.pipeline")
 STATE = "_pipeline.json"
@@ -39,12 +40,10 @@ class Pipeline:
         now = _flat(settings or {})
         done = self.state["stages"].get(name)
         if done is not None and (marker is None or storage.exists(marker)):
-            before = done.get("settings", {})
-            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-            if changed:
-                raise ConfigError(f"stage {name} of {self.cfg.output} finished with other settings ("
-                                  + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-                                  + f"); use another output, or delete {self.uri} to redo every stage")
+            diff = changes(done.get("settings", {}), now)
+            if diff:
+                raise ConfigError(f"stage {name} of {self.cfg.output} finished with other settings {diff}; "
+                                  f"use another output, or delete {self.uri} to redo every stage")
             log.info("stage %s: already done in this run (%s); skipping", name, done.get("finished"))
             return done["result"]
         log.info("stage %s: start", name)
@@ -52,7 +51,7 @@ class Pipeline:
         result = fn()
         seconds = round(time.perf_counter() - start, 2)
         self.state["stages"][name] = {"result": result, "seconds": seconds, "settings": now,
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                                      "finished": header()["created"]}
         storage.write_json(self.uri, self.state)
         log.info("stage %s: done in %.1f s", name, seconds)
         return result
@@ -78,11 +77,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``python pipelines/<job>.py --config X.yaml [--set key=value ...]``: load, validate, run.
+    """The one parser of ``python pipelines/<job>.py`` and ``activeft run <job>``: ``--config X.yaml
+    [--set key=value ...] [--date D]``; load, validate, run.
 
     Bad input ends in one line on stderr and exit code 1 (``ACTIVEFT_DEBUG=1``: traceback).
     """
-    from .cli import _setup_logging, error_exit
+    from .console import error_exit, setup_logging
 
     parser = argparse.ArgumentParser(prog=prog, description=(run.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline config (YAML, local or s3://)")
@@ -90,7 +90,7 @@ def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="override a config value, e.g. --set select.budget=2%% (repeatable)")
     parser.add_argument("--date", help="the {date} of a scheduled run (default: today, UTC)")
     args = parser.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     try:
         run(load_config(args.config, args.overrides, args.date))
     except Exception as e:

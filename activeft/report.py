@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from . import storage
+from .engine import Collectives, FlatIndex, Pool, kmeans
 from .select import Selection, read_selection
-from .select._engine import Collectives, FlatIndex, Pool
-from .select.kmeans import kmeans
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ActiveftError, OutputExistsError, StoreError
+from .errors import ActiveftError, StoreError
 
 
 def is_remote(uri: str) -> bool:
@@ -129,51 +129,6 @@ def check_writable(uri: str) -> None:
         delete(probe)
     except (OSError, pa.ArrowException) as e:
         raise StoreError(f"output {uri} is not writable: {_first_line(e)}") from e
-
-
-def prepare_output(output: str, config: dict, *, resume: bool, overwrite: bool, marker: str, what: str) -> bool:
-    """Check a run's ``output`` against resume / overwrite and record ``config`` for resuming.
-
-    An empty output starts a run; ``overwrite`` replaces one of ours (never a foreign directory);
-    ``resume`` continues one started with the same config (``_work/config.json``). Returns True
-    when the resumed run had already finished (its ``marker`` file exists).
-    """
-    cfg, record = join(output, "_work", "config.json"), {"stage": what, **config}
-    if has_entries(output):
-        before = read_json(cfg) if exists(cfg) else {}
-        if overwrite:
-            if not (exists(join(output, marker)) or before.get("stage") == what):
-                raise OutputExistsError(f"output {output} is not empty and is not a {what}; refusing to overwrite it")
-            delete(output)
-        elif resume:
-            if before.get("stage") != what:
-                raise OutputExistsError(f"output {output} has no {what} to resume")
-            if before != record:
-                diff = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
-                raise OutputExistsError(f"output {output} was started with a different config "
-                                        f"({', '.join(f'{k}={before.get(k)!r}' for k in diff)}); "
-                                        "use another --output or --overwrite")
-            if exists(join(output, marker)):
-                return True
-        else:
-            raise OutputExistsError(f"output {output} is not empty; pass --resume to continue it "
-                                    "or --overwrite to replace it")
-    check_writable(output)
-    write_json(cfg, record)
-    return False
-
-
-@contextlib.contextmanager
-def removed_on_user_error(uri: str | None):
-    """Remove ``uri`` again if it was empty or absent before and the block raises an
-    :class:`ActiveftError` (bad input found late, e.g. NaN rows met while loading)."""
-    fresh = uri is not None and not has_entries(uri)
-    try:
-        yield
-    except ActiveftError:
-        if fresh:
-            delete(uri)
-        raise
 
 
 @contextlib.contextmanager

@@ -23,8 +23,10 @@ import pyarrow.compute as pc
 
 from . import storage
 from .errors import StoreError
+from .stage import header
 
 MANIFEST = "_manifest.json"
+STAGE = "embedding store"  # the stage name both embed and import-embeddings record
 ERRORS = "_errors.parquet"
 WORK = "_work"
 FORMAT = "activeft-embedding-store/1"
@@ -211,14 +213,9 @@ def shard_rows(uri: str) -> int:
 def write_manifest(uri: str, *, shards: list[str], dim: int, dtype: str, columns: list[str],
                    source: str, errors: int, **extra) -> EmbeddingStore:
     """Write ``_manifest.json`` (the store's completion marker) and open the store."""
-    import time
-
-    from . import __version__
-
     entries = [{"name": s, "rows": shard_rows(storage.join(uri, s))} for s in shards]
-    manifest = {"format": FORMAT, "activeft_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": str(source),
+    manifest = {"format": FORMAT, **header(), "source": str(source),
                 "dim": int(dim), "dtype": dtype, "normalized": True, "columns": columns,
                 "rows": sum(e["rows"] for e in entries), "errors": int(errors), **extra, "shards": entries}
-    storage.write_json(storage.join(uri, MANIFEST), manifest)
+    storage.write_json(storage.join(uri, MANIFEST), manifest)  # last: the store's completion marker
     return EmbeddingStore(uri)

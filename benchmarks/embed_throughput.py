@@ -1,42 +1,61 @@
-"""Embed throughput: the Ray Data pipeline vs a plain single-process PyTorch loop.
+"""Embed throughput: ``activeft.embed`` vs a plain PyTorch DataLoader loop, on CPU or one CUDA GPU.
 
-Both read the same JPEG files, decode and preprocess them with the same timm transform
-(:class:`activeft.backbone.Preprocess`), run the same model at the same batch size, and
-L2-normalise. The baseline is a ``torch.utils.data.DataLoader`` with ``--loader-workers``
-decode workers feeding the model in the main process (all cores as torch threads); the Ray
-side is ``activeft.embed`` end to end (planning, Parquet shards, manifest), timed after
-``ray.init``. Reported as a ratio measured in the same process, plus images/s per CPU core.
+Two settings, each run by both pipelines on the same synthetic photo-like 256x256 JPEGs (written
+here, no downloads; random-init models, ``pretrained="none"``: speed does not depend on weights):
 
-    python benchmarks/embed_throughput.py --images 2000 --model resnet18 --image-size 160
+- ``decode``: a tiny model (timm ``test_resnet`` at 64 px): the rate is the decode rate.
+- ``model``: a real backbone (CUDA: ``vit_large_patch16_224``; CPU: ``resnet18`` at 128 px).
+
+Baseline: ``DataLoader(num_workers=<CPUs>)`` decoding with the same transform
+(:class:`activeft.backbone.Preprocess`), the model in the main process (CPU: all cores as torch
+threads; CUDA: pinned memory, non-blocking copies and the same autocast dtype as activeft).
+activeft: ``embed`` end to end (plan, Ray Data, shards, manifest) on a manifest of the first N
+images, with the default partition size. Each pipeline runs at two sizes N1 < N2; the marginal
+rate (N2 - N1) / (t2 - t1) cancels start-up (workers, model build). On CUDA, GPU utilisation is
+sampled every 0.1 s (``nvidia-smi``) during the N2 runs. Ratios are measured in one process.
+
+    python benchmarks/embed_throughput.py --json embed.json                        # CPU, ~3 minutes on 2 cores
+    python benchmarks/embed_throughput.py --decode-images 3000,9000 --model-images 2000,6000 \\
+        --batch-size 256 --json embed.json                                            # CUDA GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
+import subprocess
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 
-def make_images(folder: str, n: int, size: int = 256) -> None:
-    """Photo-like JPEGs (smooth colour fields plus texture noise), written once."""
+def _write_jpegs(args) -> None:
     from PIL import Image
 
-    if os.path.isdir(folder) and len(os.listdir(folder)) >= n:
-        return
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
+    folder, lo, hi, size = args
     y, x = np.mgrid[:size, :size] / size
-    for i in range(n):
+    for i in range(lo, hi):
+        rng = np.random.default_rng(i)
         a, b, c = rng.uniform(0.5, 4, 3)
         base = np.stack([np.sin(a * x + i), np.cos(b * y - i), np.sin(c * (x + y))], -1) * 90 + 128
         img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(f"{folder}/img{i:05d}.jpg", quality=90)
+        Image.fromarray(img).save(f"{folder}/img{i:06d}.jpg", quality=90)
+
+
+def make_images(folder: str, n: int, workers: int, size: int = 256) -> list[str]:
+    """Photo-like JPEGs (smooth colour fields plus texture noise), written once; their paths."""
+    os.makedirs(folder, exist_ok=True)
+    have = len(os.listdir(folder))
+    if have < n:
+        step = -(-(n - have) // workers)
+        with ProcessPoolExecutor(workers) as ex:
+            list(ex.map(_write_jpegs, [(folder, lo, min(lo + step, n), size) for lo in range(have, n, step)]))
+    return [os.path.join(folder, f"img{i:06d}.jpg") for i in range(n)]
 
 
 class _Files:
@@ -51,81 +70,172 @@ class _Files:
     def __getitem__(self, i):
         from PIL import Image
 
-        with open(self.paths[i], "rb") as f, Image.open(io.BytesIO(f.read())) as img:
+        with Image.open(self.paths[i]) as img:
             img.load()
             return self.pre(img)
 
 
-def plain_loop(folder, spec, batch_size, workers) -> tuple[float, dict]:
-    """Images/s of the single-process loop, and the split of its time (decode wait vs model)."""
+class GpuSampler:
+    """GPU utilisation (%) every 0.1 s from ``nvidia-smi``, in a thread."""
+
+    def __init__(self, enabled: bool):
+        self.samples, self.proc = [], None
+        if enabled and shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-lms", "100", "-i", "0"], stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.strip().isdigit():
+                self.samples.append((time.perf_counter(), int(line)))
+
+    def window(self, t0: float, t1: float) -> dict | None:
+        """Mean utilisation over [t0, t1], and over its active part (first to last non-zero sample)."""
+        s = [u for t, u in self.samples if t0 <= t <= t1]
+        if not s:
+            return None
+        busy = [i for i, u in enumerate(s) if u]
+        active = s[busy[0]:busy[-1] + 1] if busy else [0]
+        return {"mean": round(float(np.mean(s)), 1), "active_mean": round(float(np.mean(active)), 1),
+                "samples": len(s)}
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.terminate()
+
+
+def plain_loop(paths, model, config, batch_size, workers, device) -> tuple[float, dict]:
+    """Seconds for the DataLoader loop over ``paths``, and where the time went."""
     import torch
     import torch.nn.functional as F
 
     from activeft.backbone import Preprocess, pooled_features
 
-    model, _ = spec.build()
-    config = spec.data_config(model)
     pre = Preprocess(config)
-    paths = sorted(os.path.join(folder, p) for p in os.listdir(folder))
-    loader = torch.utils.data.DataLoader(_Files(paths, config), batch_size=batch_size, num_workers=workers)
-    torch.set_num_threads(os.cpu_count())
+    cuda = device.type == "cuda"
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     wait = compute = 0.0
     start = t = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Files(paths, config), batch_size=batch_size, num_workers=workers,
+                                         pin_memory=cuda)
     for x in loader:
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            F.normalize(pooled_features(model, pre.normalize(x)), dim=1).numpy()
+        with torch.inference_mode(), torch.autocast(device.type, amp, enabled=cuda):
+            feats = pooled_features(model, pre.normalize(x.to(device, non_blocking=True)))
+            F.normalize(feats.float(), dim=1).cpu().numpy()
         t2 = time.perf_counter()
         wait, compute, t = wait + t1 - t, compute + t2 - t1, t2
     seconds = time.perf_counter() - start
-    return len(paths) / seconds, {"decode_wait_s": round(wait, 1), "model_s": round(compute, 1)}
+    return seconds, {"decode_wait_s": round(wait, 2), "model_s": round(compute, 2)}
 
 
-def ray_pipeline(folder, out, spec, batch_size, num_actors, partition_size) -> float:
+def ray_embed(paths, workdir, spec, batch_size) -> float:
+    """Seconds for ``activeft.embed`` of ``paths`` (a CSV manifest) into a fresh store."""
     import activeft
 
+    manifest = os.path.join(workdir, f"manifest{len(paths)}.csv")
+    with open(manifest, "w") as f:
+        f.write("uri\n" + "".join(p + "\n" for p in paths))
+    out = os.path.join(workdir, "store")
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    store = activeft.embed(folder, out, model=spec.model, pretrained=spec.pretrained, image_size=spec.image_size,
-                           batch_size=batch_size, num_actors=num_actors, partition_size=partition_size)
-    return len(store) / (time.perf_counter() - start)
+    store = activeft.embed(manifest, out, model=spec.model, pretrained="none", image_size=spec.image_size,
+                           batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    assert len(store) == len(paths)
+    return seconds
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--image-size", type=int, default=160)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--loader-workers", type=int, default=os.cpu_count())
-    p.add_argument("--num-actors", default=None, help="Ray side: N or MIN,MAX (default: the product default)")
-    p.add_argument("--partition-size", type=int, default=500)
-    p.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "_work", "embed"))
-    args = p.parse_args()
-
-    import ray
+def run_setting(model_name, size, sizes, paths, workdir, batch_size, workers, device, sampler) -> dict:
+    import torch
 
     from activeft.backbone import BackboneSpec
 
-    spec = BackboneSpec(args.model, "none", args.image_size)
-    folder = os.path.join(args.workdir, f"jpeg{args.images}")
-    make_images(folder, args.images)
-    ray.init(logging_level="ERROR")
-    ray_pipeline(folder, os.path.join(args.workdir, "warmup"), spec, args.batch_size, args.num_actors,
-                 args.partition_size)  # worker start-up and imports, not counted below
-    loop_ips, split = plain_loop(folder, spec, args.batch_size, args.loader_workers)
-    ray_ips = ray_pipeline(folder, os.path.join(args.workdir, "store"), spec, args.batch_size, args.num_actors,
-                           args.partition_size)
-    cores = os.cpu_count()
-    result = {
-        "machine": f"{platform.machine()}, {cores} cores, {platform.processor() or platform.system()}",
-        "model": args.model, "image_size": args.image_size, "images": args.images, "batch_size": args.batch_size,
-        "loader_workers": args.loader_workers, "num_actors": args.num_actors,
-        "plain_loop_images_per_s": round(loop_ips, 1), "plain_loop_time_split": split,
-        "ray_images_per_s": round(ray_ips, 1), "ray_images_per_s_per_core": round(ray_ips / cores, 1),
-        "ratio_ray_over_loop": round(ray_ips / loop_ips, 2),
-    }
+    spec = BackboneSpec(model_name, "none", size)
+    model, _ = spec.build()
+    config = spec.data_config(model)
+    model.to(device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    ray_embed(paths[: 2 * batch_size], workdir, spec, batch_size)  # Ray workers started, imports cached
+    runs = {"plain_loop": {}, "activeft": {}}
+    split = util = None
+    for n in sizes:
+        t0 = time.perf_counter()
+        seconds, split = plain_loop(paths[:n], model, config, batch_size, workers, device)
+        util_loop = sampler.window(t0, time.perf_counter())
+        runs["plain_loop"][n] = round(seconds, 2)
+        t0 = time.perf_counter()
+        runs["activeft"][n] = round(ray_embed(paths[:n], workdir, spec, batch_size), 2)
+        util = {"plain_loop": util_loop, "activeft": sampler.window(t0, time.perf_counter())}
+    n1, n2 = sizes
+    rate = {k: round((n2 - n1) / (v[n2] - v[n1]), 1) for k, v in runs.items()}
+    result = {"model": model_name, "image_size": size, "sizes": list(sizes), "seconds": runs,
+              "marginal_images_per_s": rate, "ratio_activeft_over_loop": round(rate["activeft"] / rate["plain_loop"], 2),
+              f"plain_loop_time_split_at_{n2}": split}
+    if device.type == "cuda":
+        result[f"gpu_utilisation_at_{n2}"] = util
+        result[f"plain_loop_gpu_busy_at_{n2}"] = round(split["model_s"] / runs["plain_loop"][n2], 2)
+    del model
+    return result
+
+
+def _pair(text: str) -> tuple[int, int]:
+    n1, n2 = (int(v) for v in text.split(","))
+    if not 0 < n1 < n2:
+        raise argparse.ArgumentTypeError(f"expected N1,N2 with 0 < N1 < N2, got {text!r}")
+    return n1, n2
+
+
+def main():
+    import torch
+
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--settings", default="decode,model", help="comma list of: decode, model (default: both)")
+    p.add_argument("--decode-model", default="test_resnet")
+    p.add_argument("--decode-size", type=int, default=64)
+    p.add_argument("--decode-images", type=_pair, default=(1500, 4500), help="N1,N2 (default 1500,4500)")
+    p.add_argument("--model", default="vit_large_patch16_224" if cuda else "resnet18",
+                   help="model-bound setting's backbone (default: vit_large_patch16_224 on CUDA, else resnet18)")
+    p.add_argument("--model-size", type=int, default=224 if cuda else 128)
+    p.add_argument("--model-images", type=_pair, default=(2000, 6000) if cuda else (150, 450),
+                   help="N1,N2 (default 2000,6000 on CUDA, else 150,450)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: CPUs)")
+    p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "embed"))
+    p.add_argument("--json", help="write the result here too")
+    args = p.parse_args()
+
+    import ray
+    import timm
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    settings = {"decode": (args.decode_model, args.decode_size, args.decode_images),
+                "model": (args.model, args.model_size, args.model_images)}
+    chosen = args.settings.split(",")
+    paths = make_images(os.path.join(args.workdir, "jpeg256"),
+                        max(settings[s][2][1] for s in chosen), os.cpu_count())
+    device = torch.device("cuda" if cuda else "cpu")
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    sampler = GpuSampler(cuda)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "gpu": torch.cuda.get_device_name(0) if cuda else None, "python": platform.python_version(),
+                          "torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__},
+              "batch_size": args.batch_size, "loader_workers": args.workers, "settings": {}}
+    try:
+        for s in chosen:
+            model_name, size, sizes = settings[s]
+            result["settings"][s] = run_setting(model_name, size, sizes, paths, args.workdir, args.batch_size,
+                                                args.workers, device, sampler)
+            print(json.dumps({s: result["settings"][s]}), flush=True)
+    finally:
+        sampler.close()
     print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

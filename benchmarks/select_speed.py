@@ -4,7 +4,7 @@
    the one N x D @ D x B matmul each step needs (computed in row chunks, output discarded),
    for N from 10k to 1M, D = 384, B = 1% of N. Times are the best of a few iterations (this VM's
    timings move by ~15% from run to run).
-2. Against a faithful port of the official loop (``activeft.select._reference``: dense N x B
+2. Against a faithful port of the official loop (``tests/reference.py``: dense N x B
    similarity, full autograd), same data and initial centroids: speed-up and peak-memory ratio
    (peak RSS above the data, from /proc/self/status VmHWM after resetting it).
 3. k-means seconds per iteration against ``faiss.Kmeans`` on the same data and initial centroids.
@@ -20,15 +20,18 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from activeft.select._engine import Collectives, Pool, chunk_rows
-from activeft.select._reference import official_loss
+from activeft.engine import Collectives, Pool, chunk_rows
 from activeft.select.activeft import loss_and_grad
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from reference import official_loss  # noqa: E402  (the test oracle)
 
 
 def data(n: int, d: int = 384, seed: int = 0) -> torch.Tensor:
@@ -134,7 +137,7 @@ def part2(n=200_000, b=2_000):
 def part3(n=200_000, k=1_000, iterations=10):
     import faiss
 
-    from activeft.select.kmeans import lloyd
+    from activeft.engine import lloyd
 
     x = data(n)
     init = x[torch.randperm(n, generator=torch.Generator().manual_seed(2))[:k]].clone()

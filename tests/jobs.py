@@ -3,7 +3,7 @@ the workers' PYTHONPATH (a test module itself must not define them)."""
 
 import torch
 
-from activeft.select.mapping import greedy_unique
+from activeft.engine import greedy_unique
 
 
 def mapping_job(centroids, candidates, pool, comm, checkpoints):

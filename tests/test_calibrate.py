@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import activeft
+from activeft.calibrate import activedc as dc
+from activeft.engine import Collectives, Pool
 from activeft.errors import LabelsError
-from activeft.select import calibration as dc
-from activeft.select._engine import Collectives, Pool
 
 pytestmark = pytest.mark.timeout(240)
 FAST = {"kmeans_runs": 2}

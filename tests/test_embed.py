@@ -151,7 +151,7 @@ def test_resume_after_interruption_equals_clean_run(tmp_path):
     assert grown.manifest["shards"][-1]["name"] == "part-00004.parquet"
     assert grown.ids()[:14] == clean.ids()
 
-    with pytest.raises(StoreError, match="was embedded with model resnet18"):
+    with pytest.raises(OutputExistsError, match="was embedded with a different config .*resnet18"):
         activeft.embed(str(src), str(out), partition_size=4, resume=True, **{**TINY, "image_size": 48})
 
 

@@ -11,10 +11,10 @@ from images import stripes
 from PIL import Image
 
 import activeft
+from activeft.engine import Collectives, Pool
 from activeft.heads import train_mlp
 from activeft.logme import logme
-from activeft.select._engine import Collectives, Pool
-from activeft.select.strategies import STRATEGIES, select_with_proxy
+from activeft.loop.strategies import STRATEGIES, select_with_proxy
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,15 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from reference import official_loss, official_select
 
 import activeft
+from activeft.engine import Collectives, Pool, greedy_unique, kmeans, search
 from activeft.errors import OutputExistsError, ParameterError
-from activeft.select import _engine, get_selector, list_selectors, resolve_budget
-from activeft.select._engine import Collectives, Pool
-from activeft.select._reference import official_loss, official_select
+from activeft.select import get_selector, list_selectors, resolve_budget
 from activeft.select.activeft import loss_and_grad
-from activeft.select.kmeans import kmeans
-from activeft.select.mapping import greedy_unique
 
 pytestmark = pytest.mark.timeout(240)
 FAST = {"activeft": {"iterations": 60}, "kmeans": {"iterations": 20}, "fds": {}, "random": {}}
@@ -44,10 +42,10 @@ def unit(n, d, seed):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
 
 
-@pytest.mark.parametrize("chunk_bytes", [_engine.CHUNK_BYTES, 4096])
+@pytest.mark.parametrize("chunk_bytes", [search.CHUNK_BYTES, 4096])
 @pytest.mark.parametrize("balance", [1.0, 0.3])
 def test_loss_and_gradient_equal_official_formula(monkeypatch, chunk_bytes, balance):
-    monkeypatch.setattr(_engine, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(search, "CHUNK_BYTES", chunk_bytes)
     x, theta = unit(500, 24, 0), torch.randn(40, 24, generator=torch.Generator().manual_seed(1))
     ref_theta = theta.double().requires_grad_()
     ref = official_loss(x.double(), ref_theta, 0.07, balance)
@@ -72,10 +70,10 @@ def test_whole_run_matches_official_loop(store):
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_nearest_torch_chunks_equal_faiss(monkeypatch, metric):
-    monkeypatch.setattr(_engine, "CHUNK_BYTES", 4096)  # many chunks: the path GPUs take
+    monkeypatch.setattr(search, "CHUNK_BYTES", 4096)  # many chunks: the path GPUs take
     x, c = unit(1000, 32, 1) * 3, unit(50, 32, 2) * 2
-    i1, v1 = _engine.nearest(x, c, metric, backend="faiss")
-    i2, v2 = _engine.nearest(x, c, metric, backend="torch")
+    i1, v1 = search.nearest(x, c, metric, backend="faiss")
+    i2, v2 = search.nearest(x, c, metric, backend="torch")
     assert torch.equal(i1, i2) and torch.equal(v1, v2)
     best = (x @ c.T).argmax(1) if metric == "ip" else torch.cdist(x, c).argmin(1)
     assert torch.equal(i1, best)
@@ -157,10 +155,10 @@ def test_kmeans_inertia_within_one_percent_of_faiss(store):
     km.train(x, init_centroids=init.copy())
     faiss_inertia = float(km.index.search(x, 1)[0].sum())
     pool = Pool(torch.from_numpy(x), 0, len(x))
-    from activeft.select.kmeans import lloyd
+    from activeft.engine import lloyd
 
     centroids, history = lloyd(pool, Collectives(), torch.from_numpy(init), 20, 0.0, torch.Generator())
-    ours = float(pool.x.sub(centroids[_engine.nearest(pool.x, centroids, "l2")[0]]).pow(2).sum())
+    ours = float(pool.x.sub(centroids[search.nearest(pool.x, centroids, "l2")[0]]).pow(2).sum())
     assert ours == pytest.approx(faiss_inertia, rel=0.01)
     c2, h2 = kmeans(pool, Collectives(), 30, iterations=20, seed=4)
     assert h2 == sorted(h2, reverse=True)  # Lloyd never increases the inertia
@@ -193,7 +191,7 @@ def test_two_worker_mapping_is_the_sequential_greedy(store):
 
     from jobs import mapping_job
 
-    from activeft.select._run import run
+    from activeft.engine import run
 
     x = torch.from_numpy(store.embeddings())
     g = torch.Generator().manual_seed(0)

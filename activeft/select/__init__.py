@@ -1,6 +1,6 @@
 """The select stage: choose the ``budget`` pool samples worth labeling.
 
-Methods (registered in :mod:`._registry`): ``activeft`` (Xie et al., CVPR 2023), ``kmeans``,
+Methods (registered in :mod:`.registry`): ``activeft`` (Xie et al., CVPR 2023), ``kmeans``,
 ``fds`` (k-center greedy) and ``random``, all on the same sharded engine and output format.
 
 Output (a directory or prefix): ``selection.parquet`` (``id``, ``uri``, ``rank``, ``method`` and
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__, storage
+from .. import stage, storage
+from ..engine import all_sum, generator, nearest, run, sample_rows
 from ..errors import ParameterError, StoreError, check
+from ..params import BOOL, TEXT, Rule, declared, integer, optional, parsed, validate
 from ..store import EmbeddingStore
 from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
-from ._engine import all_sum, generator, nearest, sample_rows
-from ._registry import Selector, get_selector, list_selectors
-from ._run import run
+from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
 SELECTION = "selection.json"
@@ -85,24 +85,28 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     Parameters
     ----------
     store : str or EmbeddingStore
+        The embedding store (from ``activeft embed`` or ``import-embeddings``).
     budget : int or str
         A count, or a fraction of the pool: ``"1%"``, ``"0.01"`` or ``0.01``.
     output : str, optional
         Directory or prefix for ``selection.parquet/.csv/.json``; nothing is written without it.
     method : str, default="activeft"
-        One of :func:`list_selectors`. Method parameters (e.g. ``iterations``, ``temperature``,
-        ``balance``, ``lr``, ``batch_size``, ``init``) are keyword arguments.
+        One of :func:`list_selectors`. Each method's own parameters (``iterations``,
+        ``temperature``, ...: ``get_selector(method).params``) are further keyword arguments.
     num_workers : int, default=1
         1 runs in this process; more run on a Ray Train worker group, each holding a slice of the
         rows. The same seed gives the same selection for any number of workers.
     use_gpu : bool
         Run on GPUs (nccl between workers).
-    seed : int
+    seed : int, default=0
+        Random seed (initialisation, mini-batches, the random baseline).
     exclude : str or list of str, optional
         Ids already labeled (a ``.csv``/``.parquet`` table with an ``id`` column, or a list): never
         selected; ActiveFT keeps them as fixed centroids the new ones stay diverse from.
-    resume, overwrite : bool
-        Continue a stopped run in ``output`` (from its last checkpoint), or replace the output.
+    resume : bool
+        Continue a stopped run in ``output`` from its last checkpoint.
+    overwrite : bool
+        Replace an existing selection in ``output``.
     checkpoint_every : int, default=25
         Iterations between checkpoints of the optimiser state (0: never).
 
@@ -119,10 +123,8 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     (10, 10, ['id', 'rank', 'method', 'centroid'])
     """
     start = time.perf_counter()
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "select")
     selector = get_selector(method)(seed=seed, **params)
-    check(isinstance(num_workers, int) and num_workers >= 1, "num_workers", "select", "an int >= 1", num_workers)
-    check(isinstance(checkpoint_every, int) and checkpoint_every >= 0, "checkpoint_every", "select", "an int >= 0",
-          checkpoint_every)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     output = storage.absolute(output) if output is not None else None
     exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
@@ -136,9 +138,9 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
               "num_workers": num_workers}
     import torch
 
-    with storage.removed_on_user_error(output):
-        if output and storage.prepare_output(output, config, resume=resume, overwrite=overwrite, marker=SELECTION,
-                                             what="selection"):
+    with stage.removed_on_user_error(output):
+        if output and stage.prepare(output, "selection", config, marker=SELECTION, resume=resume,
+                                    overwrite=overwrite):
             return read_selection(output)  # resumed a run that had finished
         work = storage.join(output, "_work", "select") if output else None
         job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
@@ -150,9 +152,8 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
     for name, values in result["columns"].items():
         table = table.append_column(name, pa.array(values))
-    info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": config, "budget": budget, "pool_size": len(store), "excluded": len(exclude_rows),
-            "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
+    info = {**stage.header(), "config": config, "budget": budget, "pool_size": len(store),
+            "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
             **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
     selection = Selection(table.column("id").to_pylist(), table, info, output)
     if output:
@@ -160,6 +161,18 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
              info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
     return selection
+
+
+PARAMS = declared(select, {
+    "store": Rule(str, lambda v: isinstance(v, (str, EmbeddingStore)), "a store URI or an EmbeddingStore"),
+    "budget": parsed(Rule(str, lambda v: True, "", int | float | str), lambda v: resolve_budget(v, 10 ** 15),
+                     "a count >= 1 or a fraction of the pool ('1%', '0.01')"),
+    "output": optional(TEXT),
+    "method": Rule(str, lambda v: v in list_selectors(), "one of " + ", ".join(list_selectors())),
+    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "checkpoint_every": integer(0),
+    "exclude": Rule(str | None, lambda v: v is None or isinstance(v, (str, list, tuple, np.ndarray)),
+                    "a table of ids or a list of ids"),
+    "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoints) -> dict:
@@ -205,7 +218,7 @@ def _write(output: str, selection: Selection) -> None:
     buf = pa.BufferOutputStream()
     pacsv.write_csv(selection.table.select([c for c in ("id", "uri") if c in selection.table.column_names]), buf)
     storage.write_bytes(storage.join(output, "selection.csv"), buf.getvalue().to_pybytes())
-    storage.write_json(storage.join(output, SELECTION), selection.info)
+    stage.write_marker(storage.join(output, SELECTION), selection.info)
 
 
 def read_selection(uri: str) -> Selection:

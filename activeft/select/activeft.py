@@ -11,7 +11,7 @@ is assigned to its most similar centroid c_i, and the loss is::
 
 minimised with Adam (lr 1e-3, tau 0.07, lambda 1, 300 iterations by default), optionally on a
 fresh random mini-batch of M rows per step (the ImageNet script uses M = 100,000). Afterwards
-each centroid, in index order, takes its most similar sample not yet taken (:mod:`.mapping`).
+each centroid, in index order, takes its most similar sample not yet taken (:func:`activeft.engine.greedy_unique`).
 
 Where the code differs from the paper's formula (-E[sim/tau] + E_j[log sum_{k != j} exp(...)]),
 we follow the code: the log-sum also holds the positive and the self term; the repulsion is
@@ -42,11 +42,20 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics
-from ._engine import Collectives, FlatIndex, Pool, chunk_rows, generator, log_every, sample_rows
-from ._registry import Param, Result, Selector, one_of, positive_float, positive_int, register_selector
-from .fds import k_center_greedy
-from .kmeans import kmeans_plusplus
-from .mapping import greedy_unique
+from ..engine import (
+    Collectives,
+    FlatIndex,
+    Pool,
+    chunk_rows,
+    generator,
+    greedy_unique,
+    k_center_greedy,
+    kmeans_plusplus,
+    log_every,
+    sample_rows,
+)
+from ..params import Param, integer, number, one_of, optional
+from .registry import Result, Selector, register_selector
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +124,14 @@ class ActiveFT(Selector):
 
     name = "activeft"
     params = {
-        "iterations": positive_int("Optimisation steps (official: 300 CIFAR, 100 ImageNet).", 300),
-        "temperature": positive_float("Temperature tau of both similarity terms.", 0.07),
-        "balance": Param(1.0, lambda v: isinstance(v, (int, float)) and v >= 0, "a float >= 0",
-                         "Weight lambda of the diversity term."),
-        "lr": positive_float("Adam learning rate.", 1e-3),
-        "batch_size": positive_int("Pool rows sampled per step (default: the whole pool).", None),
-        "init": one_of("Initial centroids: random pool features (official default), FPS or k-means++ seeds.",
-                       "random", ("random", "fps", "kmeans++")),
+        "iterations": Param(300, integer(1), "Optimisation steps (official: 300 CIFAR, 100 ImageNet)."),
+        "temperature": Param(0.07, number(0, strict=True), "Temperature tau of both similarity terms."),
+        "balance": Param(1.0, number(0), "Weight lambda of the diversity term."),
+        "lr": Param(1e-3, number(0, strict=True), "Adam learning rate."),
+        "batch_size": Param(None, optional(integer(1)), "Pool rows sampled per step (None: the whole pool; the "
+                                                        "official ImageNet script uses 100000)."),
+        "init": Param("random", one_of("random", "fps", "kmeans++"),
+                      "Initial centroids: random pool features (official default), FPS or k-means++ seeds."),
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:

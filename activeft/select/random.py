@@ -3,8 +3,8 @@ paper reports."""
 
 from __future__ import annotations
 
-from ._engine import generator, sample_rows
-from ._registry import Result, Selector, register_selector
+from ..engine import generator, sample_rows
+from .registry import Result, Selector, register_selector
 
 
 @register_selector

@@ -17,10 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..engine import Collectives, Pool, chunk_rows, generator, k_center_greedy, kmeans_plusplus, merge_topk
 from ..heads import MLP
-from ._engine import Collectives, Pool, chunk_rows, generator
-from .fds import k_center_greedy
-from .kmeans import kmeans_plusplus
 
 STRATEGIES = ("margin", "entropy", "confidence", "badge", "coreset")
 
@@ -70,9 +68,7 @@ def select_with_proxy(pool: Pool, comm: Collectives, proxy: MLP, strategy: str, 
         v, i = score.topk(k)
         v = torch.cat([v, torch.full((budget - k,), -torch.inf, device=v.device)])
         r = torch.cat([i + pool.offset, torch.full((budget - k,), -1, device=i.device, dtype=torch.long)])
-        v, r = comm.all_gather(v.double()).flatten().cpu(), comm.all_gather(r).flatten().cpu()
-        order = sorted(range(len(v)), key=lambda j: (-float(v[j]), int(r[j])))
-        return torch.tensor([int(r[j]) for j in order[:budget]])
+        return merge_topk(v[None], r[None], comm, budget)[1][0]
     g = generator(seed)
     if strategy == "coreset":
         return k_center_greedy(Pool(hidden, pool.offset, pool.size), comm, budget, g, labeled, tag="coreset")
@@ -85,7 +81,7 @@ def select_with_proxy(pool: Pool, comm: Collectives, proxy: MLP, strategy: str, 
 
 
 def strategy_job(strategy, proxy_state, dims, budget, labeled, seed, pool, comm, checkpoints) -> dict:
-    """The job :func:`activeft.select._run.run` runs on every worker."""
+    """The job :func:`activeft.engine.run` runs on every worker."""
     proxy = MLP(*dims)
     proxy.load_state_dict(proxy_state)
     rows = select_with_proxy(pool, comm, proxy, strategy, budget, labeled, seed)

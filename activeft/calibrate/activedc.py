@@ -5,7 +5,7 @@ without its ground-truth-leaking ``-un`` flag:
 
 1. Tukey transform ``sign(x)|x|^lambda`` (lambda 0.5; ``log`` for 0) of the L2-normalised pool;
    the transformed features are not re-normalised.
-2. k-means of the transformed pool (:mod:`.kmeans`), up to 300 Lloyd iterations, best of 10 runs,
+2. k-means of the transformed pool (:func:`activeft.engine.kmeans`), up to 300 Lloyd iterations, best of 10 runs,
    as the code's ``faiss.Kmeans(niter=300, nredo=10)``; unlike faiss we seed with k-means++, stop
    once the inertia improves by less than 1e-4, and use every row (faiss trains on at most 256
    per centroid). k defaults to the number of classes in the labels (the code: the dataset's
@@ -42,9 +42,8 @@ import math
 import numpy as np
 import torch
 
+from ..engine import Collectives, FlatIndex, Pool, kmeans, merge_topk
 from ..errors import ParameterError
-from ._engine import Collectives, FlatIndex, Pool
-from .kmeans import kmeans
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +143,8 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
     def search(queries: torch.Tensor):
         """Global nearest pool row of each query: (rows, mean activation of each row)."""
         idx, score = index.search(queries)
-        local_act = act[idx] if emd_filter else torch.zeros(len(idx), device=pool.device)
-        packed = torch.stack([score.double(), (idx + pool.offset).double(), local_act.double()])
-        every = comm.all_gather(packed).cpu()  # (world, 3, q)
-        best = []
-        for q in range(every.shape[2]):
-            r = max(range(every.shape[0]), key=lambda w: (every[w, 0, q].item(), -every[w, 1, q].item()))
-            best.append((int(every[r, 1, q]), float(every[r, 2, q])))
-        return best
+        _, best = merge_topk(score[:, None], (idx + pool.offset)[:, None], comm, 1)
+        return [(row, float(pool_act[row]) if emd_filter else 0.0) for row in best[:, 0].tolist()]
 
     taken = set(labeled_rows.tolist())
     subset_act = list(pool_act[labeled_rows]) if emd_filter else None

@@ -3,8 +3,8 @@
 ``official_loss`` is ``SampleModel.get_loss`` and ``official_select`` is ``optimize_dist`` of
 github.com/yichen928/ActiveFT ``data_selection/sample_tools/ActiveFT_CIFAR.py`` (dense N x K
 similarity matrix, full autograd, K x N sort for the mapping), with the device and the initial
-rows made arguments. Tests check :mod:`.activeft` against it; ``benchmarks/select_speed.py``
-measures against it. Not used by the product.
+rows made arguments. Tests check :mod:`activeft.select.activeft` against it;
+``benchmarks/select_speed.py`` measures against it. Not part of the package.
 """
 
 from __future__ import annotations

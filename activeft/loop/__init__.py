@@ -2,7 +2,7 @@
 
 Official code: github.com/ZiTingW/asvp. Each round trains the proxy (ASVP's MLP, from scratch, on
 the labeled embeddings: :func:`activeft.heads.train_mlp`), scores the unlabeled pool on the sharded
-engine and selects the round's budget with a strategy (:mod:`activeft.select.strategies`, or
+engine and selects the round's budget with a strategy (:mod:`.strategies`, or
 ``activeft`` / ``random`` through :func:`activeft.select`); the first round has no labels, so it
 uses ActiveFT (cold start) instead of the official code's random, or ``random``.
 
@@ -40,16 +40,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from . import __version__, metrics, storage
-from .errors import ConfigError, ParameterError, check
-from .export import export
-from .heads import train_mlp
-from .labels import class_indices, class_map, read_labels
-from .logme import logme
-from .select import select
-from .select._run import run
-from .select.strategies import STRATEGIES, strategy_job
-from .store import EmbeddingStore
+from .. import metrics, stage, storage
+from ..engine import run
+from ..errors import ConfigError, ParameterError, check
+from ..export import export
+from ..heads import train_mlp
+from ..labels import class_indices, class_map, read_labels
+from ..logme import logme
+from ..select import select
+from ..store import EmbeddingStore
+from .strategies import STRATEGIES, strategy_job
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -220,7 +220,7 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     if final != "none" and st.get("final") is None:
         given = _labels(state, st, labels, oracle)
         mode = _final_mode(first_store, given, final, final_threshold)
-        from .finetune import finetune
+        from ..finetune import finetune
 
         run_dir = storage.join(state, "final")
         info = account.time("final", num_workers, use_gpu, finetune, first_store, train=given, output=run_dir,
@@ -236,15 +236,17 @@ def _load(state: str, config: dict) -> dict:
     uri = storage.join(state, STATE)
     if not storage.exists(uri):
         storage.check_writable(state)
-        return {"activeft_version": __version__, "config": config, "store": config["store"],
+        return {**stage.header(), "config": config, "store": config["store"],
                 "stores": [config["store"]], "rounds": [], "final": None, "cost": {"labels": 0}}
     st = storage.read_json(uri)
     before = {k: v for k, v in st["config"].items() if k != "budgets"}
     now = {k: v for k, v in config.items() if k != "budgets"}
     done = st["config"]["budgets"]
-    if before != now or config["budgets"][:len(done)] != done[:len(config["budgets"])]:
-        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["budgets"]
-        raise ConfigError(f"state {state} was started with a different config ({', '.join(diff)}); "
+    diff = stage.changes(before, now)
+    if diff is None and config["budgets"][:len(done)] != done[:len(config["budgets"])]:
+        diff = stage.changes({"budgets": done}, {"budgets": config["budgets"]})
+    if diff:
+        raise ConfigError(f"state {state} was started with a different config {diff}; "
                           "use another --state, or the same options (more rounds may be added)")
     st["config"]["budgets"] = config["budgets"]
     return st
@@ -318,8 +320,8 @@ def _maybe_refresh(st, rec, r, given, policy, at_labels, mode, epochs, state, ac
     rec["refresh_decision"] = decision
     if not decision["refresh"]:
         return
-    from .embed import embed
-    from .finetune import finetune
+    from ..embed import embed
+    from ..finetune import finetune
 
     run_dir = storage.join(state, f"refresh-{r}")
     account.time("refresh_finetune", num_workers, use_gpu, finetune, store, train=given, output=run_dir, mode=mode,
@@ -349,12 +351,12 @@ def _labeled(store: EmbeddingStore, given: pa.Table) -> tuple[torch.Tensor, torc
 
 def _probe(store: EmbeddingStore, given: pa.Table, eval_store) -> float:
     """Top-1 on ``eval_store`` of the linear probe trained on all labels so far."""
-    from .finetune import _accuracy, _validation
-    from .heads import train_linear
+    from ..finetune import accuracy, validation_set
+    from ..heads import train_linear
 
     x, y, classes = _labeled(store, given)
-    source, rows, target = _validation(store, None, eval_store, classes)
-    return _accuracy(train_linear(x, y, len(classes)), source.embeddings_of(rows), target)
+    source, rows, target = validation_set(store, None, eval_store, classes)
+    return accuracy(train_linear(x, y, len(classes)), source.embeddings_of(rows), target)
 
 
 def _final_mode(store: EmbeddingStore, given: pa.Table, final: str, threshold: int) -> str:
@@ -368,7 +370,7 @@ def _final_mode(store: EmbeddingStore, given: pa.Table, final: str, threshold: i
 
 
 def _export(store: EmbeddingStore, ids: list[str], uri: str) -> None:
-    from .select import Selection
+    from ..select import Selection
 
     table = store.take(store.rows_of(ids), [c for c in ("id", "uri") if c in store.columns])
     table = table.append_column("rank", pa.array(np.arange(len(ids), dtype=np.int32)))

@@ -1,38 +1,15 @@
-"""Selection methods register themselves by name; parameters are declared, checked and documented once."""
+"""Selection methods register themselves by name; their parameters are declared once (:mod:`activeft.params`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ..errors import ParameterError, check, suggest
+from ..params import Param, validate
 
 _SELECTORS: dict[str, type[Selector]] = {}
-
-
-@dataclass(frozen=True)
-class Param:
-    """A selector parameter: default, validity test, and the phrase for the error message."""
-
-    default: Any
-    ok: Callable[[Any], bool]
-    expected: str
-    help: str = ""
-
-
-def positive_int(help: str, default=None) -> Param:
-    return Param(default, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1", help)
-
-
-def positive_float(help: str, default) -> Param:
-    return Param(default, lambda v: isinstance(v, (int, float)) and v > 0, "a float > 0", help)
-
-
-def one_of(help: str, default, choices) -> Param:
-    return Param(default, lambda v: v in choices, "one of " + ", ".join(map(repr, choices)), help)
 
 
 @dataclass
@@ -45,7 +22,7 @@ class Result:
 
 
 class Selector:
-    """Base class. Subclasses set ``name``, ``params`` and implement :meth:`fit`.
+    """Base class. Subclasses set ``name``, ``params`` (``{name: Param}``) and implement :meth:`fit`.
 
     ``fit(pool, comm, budget, exclude, checkpoints)`` runs on every worker with its rows of the
     pool and returns the same :class:`Result` on every rank.
@@ -57,15 +34,7 @@ class Selector:
     def __init__(self, seed: int = 0, **params):
         check(isinstance(seed, int) and not isinstance(seed, bool), "seed", self.name, "an int", seed)
         self.seed = seed
-        unknown = set(params) - set(self.params)
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ParameterError(f"The '{name}' parameter does not apply to method {self.name}; its parameters: "
-                                 f"{', '.join(self.params) or 'none'}")
-        for key, spec in self.params.items():
-            value = params.get(key, spec.default)
-            if value is not None or spec.default is not None:
-                check(spec.ok(value), key, self.name, spec.expected, value)
+        for key, value in validate(self.params, params, self.name, "method").items():
             setattr(self, key, value)
 
     def config(self) -> dict:

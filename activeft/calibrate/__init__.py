@@ -1,7 +1,7 @@
 """The calibrate stage: ActiveDC, after the selected images came back labeled.
 
 Reads the store, the selection and its labels; runs the distribution calibration of
-:mod:`activeft.select.calibration` on the sharded pool; writes ``calibrated.parquet`` (``id``,
+:mod:`.activedc` on the sharded pool; writes ``calibrated.parquet`` (``id``,
 ``label``, ``source`` = labeled | pseudo, ``origin_id``: the labeled sample a pseudo-label came
 from) and, last, ``calibration.json`` (parameters, class map, per-class counts, skipped draws and,
 only as a diagnostic when the store has labels, the pseudo-label accuracy). The table is the
@@ -17,13 +17,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, metrics, storage
-from .errors import LabelsError, check
-from .labels import check_against, class_indices, class_map, read_labels
-from .select import calibration as dc
-from .select import read_selection
-from .select._run import run
-from .store import EmbeddingStore
+from .. import metrics, stage, storage
+from ..engine import run
+from ..errors import LabelsError, check
+from ..labels import check_against, class_indices, class_map, read_labels
+from ..select import read_selection
+from ..store import EmbeddingStore
+from . import activedc as dc
 
 log = logging.getLogger(__name__)
 CALIBRATION = "calibration.json"
@@ -113,10 +113,9 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
               "samples_per_label": per_label, "emd_filter": emd_filter, "max_draws": max_draws,
               "kmeans_runs": kmeans_runs, "seed": seed}
     job = functools.partial(_job, rows, klass, len(classes), params)
-    with storage.removed_on_user_error(output):
+    with stage.removed_on_user_error(output):
         if output is not None:
-            storage.prepare_output(output, params, resume=False, overwrite=overwrite, marker=CALIBRATION,
-                                   what="calibration")
+            stage.prepare(output, "calibration", params, marker=CALIBRATION, overwrite=overwrite)
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
                      transform=functools.partial(dc.tukey, lam=tukey_lambda))
     pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
@@ -130,8 +129,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     metrics.inc("activeft_calibrate_pseudo_labels", len(pseudo_ids), stage="calibrate")
     per_class = {str(c): {"labeled": int((klass == j).sum()),
                           "pseudo": sum(given[o] == c for o in origin)} for j, c in enumerate(classes)}
-    info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
+    info = {**stage.header(), "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
             "labeled": len(rows), "pseudo": len(pseudo_ids), "per_class": per_class,
             "skipped": result["skipped"], "draws": result["draws"], "emd_rejected": result["emd_rejected"],
             "beta": result["beta"], "labeled_percent": result["percent"],
@@ -141,7 +139,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
             "seconds": round(time.perf_counter() - start, 3)}
     if output is not None:
         storage.write_parquet(storage.join(output, CALIBRATED), out)
-        storage.write_json(storage.join(output, CALIBRATION), info)
+        stage.write_marker(storage.join(output, CALIBRATION), info)
     acc = info["pseudo_label_accuracy"]
     log.info("calibrate: %d labeled + %d pseudo-labeled (%d skipped) in %.1f s%s", len(rows), len(pseudo_ids),
              result["skipped"], info["seconds"], "" if acc is None else f"; pseudo-label accuracy {acc:.3f} "

@@ -4,7 +4,7 @@ The official code (``ActiveFT_CIFAR.py``, ``optimize_dist``) sorts each centroid
 similarity to all N samples and, in centroid index order, gives each centroid its most
 similar sample not taken yet, so earlier centroids win conflicts and exactly K distinct
 samples come out. Here each worker proposes its top-T candidates per centroid, the candidates
-are merged (ties to the smaller row), and centroids are resolved in order; one whose
+are merged (:func:`merge_topk`: ties to the smaller row), and centroids are resolved in order; one whose
 candidates are all taken gets a deeper search of its own, with taken rows masked out.
 Only candidates scoring above every worker's T-th candidate are known to be in global order,
 so only those are used; candidate scores are recomputed row by row (BLAS results move in the
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ._engine import Collectives, Pool, chunk_rows
+from .pool import Collectives, Pool, merge_topk
+from .search import chunk_rows
 
 
 def _local_topk(pool: Pool, c: torch.Tensor, t: int, taken: torch.Tensor):
@@ -51,13 +52,9 @@ def _candidates(pool: Pool, comm: Collectives, c: torch.Tensor, t: int, taken: t
     the highest of the workers' t-th scores. Only candidates above it are known to be in global
     order (a worker's unseen rows score at most its own t-th); -inf when every free row is listed."""
     v, r = _local_topk(pool, c, t, taken)
-    v, r = comm.all_gather(v), comm.all_gather(r)
-    frontier = v[:, :, -1].max(0).values.cpu()
-    v, r = v.permute(1, 0, 2).flatten(1), r.permute(1, 0, 2).flatten(1)
-    order = torch.sort(r, dim=1, stable=True).indices  # equal scores -> smaller row first
-    v, r = v.gather(1, order), r.gather(1, order)
-    order = torch.sort(-v, dim=1, stable=True).indices
-    return v.gather(1, order).cpu(), r.gather(1, order).cpu(), frontier
+    frontier = comm.all_gather(v[:, -1]).max(0).values.cpu()
+    v, r = merge_topk(v, r, comm)
+    return v, r, frontier
 
 
 def greedy_unique(pool: Pool, comm: Collectives, centroids: torch.Tensor, taken=(), candidates: int = 16):

@@ -7,14 +7,14 @@ Modes:
   ASVP's MLP (:mod:`activeft.heads`). Runs in this process, anywhere; the CPU benchmarks use it.
 - ``full``: a Ray Train ``TorchTrainer`` over a Ray Data dataset of the training images, decoded
   and augmented per epoch (timm's RandomResizedCrop + flip), the store's timm backbone and weights
-  with a new head; the DeiT recipe of the papers, scaled for small sets (:mod:`activeft._trainer`).
+  with a new head; the DeiT recipe of the papers, scaled for small sets (:mod:`.full`).
 - ``lp-ft``: the linear probe first (on the embeddings), then full finetuning from it (ASVP's
   choice for few labels).
 
 The classifier is the timm backbone's pooled pre-logits, L2-normalised (what the store holds),
 then a linear head, so a head trained on stored embeddings is the same function on images.
 ``RUN/model.safetensors`` keeps timm's key names (the head under the model's classifier name);
-:func:`load_model` rebuilds the module. ``RUN/classes.json`` and ``RUN/metrics.json`` (per-epoch
+:func:`activeft.load_model` rebuilds the module. ``RUN/classes.json`` and ``RUN/metrics.json`` (per-epoch
 history, best and final validation top-1, config) sit beside it.
 """
 
@@ -25,81 +25,17 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from . import __version__, metrics, storage
-from .backbone import BackboneSpec, pooled_features
-from .errors import LabelsError, ModelError, StoreError, check
-from .heads import MLP, train_linear, train_mlp
-from .labels import class_indices, class_map, read_labels
-from .store import EmbeddingStore
+from .. import metrics, stage, storage
+from ..backbone import BackboneSpec
+from ..classifier import METRICS, Classifier, build_classifier
+from ..errors import LabelsError, ModelError, StoreError, check
+from ..heads import train_linear, train_mlp
+from ..labels import class_indices, class_map, read_labels
+from ..store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 MODES = ("linear", "full", "lp-ft")
-METRICS = "metrics.json"
-
-
-class Classifier(nn.Module):
-    """timm backbone -> pooled pre-logits -> L2-normalise -> linear head (``backbone`` may be None:
-    then the input is the stored embedding itself)."""
-
-    def __init__(self, backbone: nn.Module | None, head: nn.Module, classifier_name: str = "head"):
-        super().__init__()
-        self.backbone, self.head, self.classifier_name = backbone, head, classifier_name
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.backbone is None else F.normalize(pooled_features(self.backbone, x), dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def timm_state_dict(self) -> dict:
-        """Backbone keys as timm names them, the head under the model's classifier name."""
-        state = {} if self.backbone is None else dict(self.backbone.state_dict())
-        state.update({f"{self.classifier_name}.{k}": v for k, v in self.head.state_dict().items()})
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def build_classifier(spec: BackboneSpec | None, n_classes: int, head: str = "linear", *, dim: int | None = None,
-                     drop_path_rate: float | None = None) -> tuple[Classifier, dict | None]:
-    """The backbone of ``spec`` and a new head; without a backbone, a head on ``dim``-d embeddings."""
-    if spec is None:
-        backbone, record, name = None, None, "head"
-    else:
-        backbone, record = spec.build(drop_path_rate=drop_path_rate)
-        cls = backbone.pretrained_cfg.get("classifier") or "head"
-        name = cls if isinstance(cls, str) else cls[0]
-        dim = int(backbone.num_features)
-    module = MLP(dim, n_classes) if head == "mlp" else nn.Linear(dim, n_classes)
-    return Classifier(backbone, module, name), record
-
-
-def load_model(run: str) -> tuple[Classifier, list]:
-    """The finetuned classifier of a finished run, in eval mode, and its classes.
-
-    Examples
-    --------
-    >>> import activeft
-    >>> activeft.load_model("no/such/run")
-    Traceback (most recent call last):
-    ...
-    activeft.errors.StoreError: no/such/run is not a finished finetuning run (no metrics.json)
-    """
-    from safetensors.torch import load
-
-    if not storage.exists(storage.join(run, METRICS)):
-        raise StoreError(f"{run} is not a finished finetuning run (no {METRICS})")
-    info = storage.read_json(storage.join(run, METRICS))
-    cfg = info["config"]
-    spec = BackboneSpec(cfg["model"], "none", cfg.get("image_size")) if cfg.get("model") else None
-    model, _ = build_classifier(spec, len(info["classes"]), cfg["head"], dim=info["dim"])
-    state = load(storage.read_bytes(storage.join(run, "model.safetensors")))
-    prefix = model.classifier_name + "."
-    model.head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    if model.backbone is not None:
-        model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
-    return model.eval(), info["classes"]
 
 
 def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_store=None, model: str | None = None,
@@ -179,7 +115,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
         raise LabelsError(f"the train table has a single class ({classes[0]!r}); a classifier needs at least two")
     rows = store.rows_of(table.column("id").to_pylist(), "train ids")
     target = class_indices(table.column("label"), classes)
-    val_source, val_rows, val_target = _validation(store, val, val_store, classes)
+    val_source, val_rows, val_target = validation_set(store, val, val_store, classes)
     spec, dim = _backbone(store, model, pretrained, mode) if mode != "linear" else (None, store.dim)
     backbone = spec or _store_spec(store)
     config = {"mode": mode, "head": head, "model": backbone.model if backbone else None,
@@ -189,24 +125,23 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
               "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
     output = storage.absolute(output)
-    with storage.removed_on_user_error(output):
-        if storage.prepare_output(output, config, resume=resume, overwrite=overwrite, marker=METRICS,
-                                  what="finetuning run"):
+    with stage.removed_on_user_error(output):
+        if stage.prepare(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite):
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(store.embeddings_at(rows))
         if mode == "linear":
             classifier, history = _fit_head(x, torch.from_numpy(target), len(classes), head, epochs, weight_decay,
                                             lr, seed)
             if val_rows is not None:
-                accuracy = _accuracy(classifier, val_source.embeddings_of(val_rows), val_target)
-                history[-1]["val_accuracy"] = accuracy
+                val_acc = accuracy(classifier, val_source.embeddings_of(val_rows), val_target)
+                history[-1]["val_accuracy"] = val_acc
             if backbone is not None:  # the full model: the store's backbone with the trained head
                 full, _ = build_classifier(backbone, len(classes), head)
                 full.head = classifier.head
                 classifier = full
             state, best_epoch = classifier.timm_state_dict(), len(history) - 1
         else:
-            from ._trainer import fit
+            from .full import fit
 
             head_init = None
             if mode == "lp-ft":
@@ -251,7 +186,7 @@ class _ValSource:
         return self.store.take(rows, ["uri"]).column("uri").to_pylist()
 
 
-def _validation(store, val, val_store, classes):
+def validation_set(store, val, val_store, classes):
     if val is None and val_store is None:
         return None, None, None
     if val is not None:
@@ -272,7 +207,7 @@ def _validation(store, val, val_store, classes):
     return source, rows, np.array([known.get(str(v), -1) for v in labels])
 
 
-def _accuracy(classifier, x, target) -> float:
+def accuracy(classifier, x, target) -> float:
     with torch.no_grad():
         return float((classifier(x).argmax(1).numpy() == target).mean())
 
@@ -313,14 +248,13 @@ def _finish(output, dim, classes, config, state, history, best_epoch, start) -> 
     from safetensors.torch import save
 
     vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
-    info = {"activeft_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": config, "classes": classes, "dim": dim, "history": history,
+    info = {**stage.header(), "config": config, "classes": classes, "dim": dim, "history": history,
             "final_val_accuracy": vals[-1] if vals else None, "best_val_accuracy": max(vals) if vals else None,
             "exported_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 3)}
     if vals:
         metrics.set("activeft_val_accuracy", vals[-1], stage="finetune")
     storage.write_bytes(storage.join(output, "model.safetensors"), save(state))
     storage.write_json(storage.join(output, "classes.json"), classes)
-    storage.write_json(storage.join(output, METRICS), info)
+    stage.write_marker(storage.join(output, METRICS), info)
     return info
 

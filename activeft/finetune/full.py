@@ -17,10 +17,9 @@ from the latest (``FailureConfig``), and a rerun with the same output resumes.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -28,8 +27,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from . import _ray, metrics, storage
-from .images import read_images
+from .. import metrics, storage
+from ..backbone import Preprocess
+from ..classifier import build_classifier
+from ..engine.runner import inject_failure, read_checkpoint, report, train_group
+from ..images import read_images
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,6 @@ def train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from .backbone import Preprocess
-    from .finetune import build_classifier
-
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -79,8 +78,7 @@ def train_loop(config: dict) -> None:
     history, start = [], 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+        state = torch.load(io.BytesIO(read_checkpoint(checkpoint, "state.pt")), weights_only=True)
         _unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
@@ -125,9 +123,7 @@ def train_loop(config: dict) -> None:
             _save(model, opt, epoch, history, rank)
         else:
             ray.train.report(record)
-        fail_at = config["fail_at"]
-        if fail_at is not None and checkpoint is None and epoch + 1 >= fail_at and rank == world - 1:
-            raise RuntimeError(f"injected failure of worker {rank} after epoch {epoch + 1} (test hook)")
+        inject_failure(config["fail_at"], epoch + 1, checkpoint is not None, rank, world)
 
 
 def _unwrap(model):
@@ -135,16 +131,13 @@ def _unwrap(model):
 
 
 def _save(model, opt, epoch, history, rank) -> None:
-    import ray.train
-
-    metrics_ = {**history[-1], "val_accuracy": history[-1].get("val_accuracy", -1.0)}
-    if rank != 0:
-        ray.train.report(metrics_)
-        return
-    with tempfile.TemporaryDirectory() as d:
+    files = None
+    if rank == 0:
+        buf = io.BytesIO()
         torch.save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                    "history": history}, os.path.join(d, "state.pt"))
-        ray.train.report(metrics_, checkpoint=ray.train.Checkpoint.from_directory(d))
+                    "history": history}, buf)
+        files = {"state.pt": buf.getvalue()}
+    report({**history[-1], "val_accuracy": history[-1].get("val_accuracy", -1.0)}, files)
 
 
 def _evaluate(model, shard, pre, device, amp, config) -> float:
@@ -168,8 +161,9 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     a run of the same name and storage path.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig
+
+    from .. import _ray
 
     _ray.init()
     model, _ = spec.build()
@@ -193,23 +187,15 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
                    "weight_decay": 1e-4 if config["weight_decay"] is None else config["weight_decay"],
                    "eval_every": config["eval_every"], "seed": config["seed"], "train_rows": len(rows),
                    "has_val": val_rows is not None, "fail_at": fail_at, "threads": max(1, int(cpus) // n_workers)}
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config, datasets=datasets,
-        scaling_config=ScalingConfig(num_workers=n_workers, use_gpu=config["use_gpu"],
-                                     resources_per_worker={"CPU": per_worker}),
-        run_config=RunConfig(name="train", storage_path=storage.join(output, "_work"),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_order="max",
-                                                                checkpoint_score_attribute="val_accuracy")))
-    result = trainer.fit()
+    result = train_group(train_loop, loop_config, num_workers=n_workers, use_gpu=config["use_gpu"],
+                         work=storage.join(output, "_work", "train"), max_failures=max_failures, datasets=datasets,
+                         resources_per_worker={"CPU": per_worker},
+                         checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_order="max",
+                                                            checkpoint_score_attribute="val_accuracy"))
     best = max(result.best_checkpoints, key=lambda c: c[1]["val_accuracy"])[0] if val_rows is not None \
         else result.checkpoint
-    with result.checkpoint.as_directory() as d:
-        history = torch.load(os.path.join(d, "state.pt"), weights_only=True)["history"]
-    with best.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
-    from .finetune import build_classifier
-
+    history = torch.load(io.BytesIO(read_checkpoint(result.checkpoint, "state.pt")), weights_only=True)["history"]
+    state = torch.load(io.BytesIO(read_checkpoint(best, "state.pt")), weights_only=True)
     model, _ = build_classifier(dataclasses.replace(spec, pretrained="none"), len(classes))
     model.load_state_dict(state["model"])
     return model.timm_state_dict(), history, state["epoch"]

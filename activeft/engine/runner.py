@@ -1,0 +1,227 @@
+"""The one runner: a job in this process, or on a Ray Train worker group, with checkpoints.
+
+:func:`run` runs a pool job ``job(pool, comm, checkpoints) -> dict`` (picklable, JSON-able
+result, the same on every rank) over an embedding store. One worker: the whole pool in this
+process, trivial collectives, checkpoints in ``<work>/state.pt``. W workers: a ``TorchTrainer``
+(gloo on CPU, nccl on GPU) whose workers each load a contiguous slice of the store's rows and run
+the *same* job with ``torch.distributed`` collectives.
+
+:func:`train_group` is the Ray Train side that :func:`run` and the finetune stage share: one
+``RunConfig`` (name and storage path, so a rerun with the same output resumes: Ray Train V2),
+one ``FailureConfig`` (a failed worker group restarts from the latest checkpoint), and the
+worker-side :func:`report` and :func:`inject_failure` test hook (as faiss's ``crash_at``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+import uuid
+
+import torch
+
+from .. import storage
+from ..errors import ActiveftError, StoreError
+from ..store import EmbeddingStore
+from .pool import Collectives, Pool, TorchCollectives
+
+log = logging.getLogger(__name__)
+
+
+def inject_failure(fail_at: int | None, step: int, restored: bool, rank: int, world_size: int) -> None:
+    """Test hook: the last rank raises once ``step`` reaches ``fail_at``, unless the run was itself
+    restored from a checkpoint."""
+    if fail_at is not None and not restored and step >= fail_at and rank == world_size - 1:
+        raise RuntimeError(f"injected failure of worker {rank} after step {step} (test hook)")
+
+
+class Checkpoints:
+    """Where a job saves and restores its state; this base keeps nothing.
+
+    ``save`` is called by every rank at the same step (Ray Train's ``report`` is a barrier);
+    the state must be identical on all ranks (replicated centroids, optimiser, RNG).
+    """
+
+    every: int = 0
+    fail_at: int | None = None
+    restored: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    def load(self) -> dict | None:
+        return None
+
+    def save(self, state: dict, metrics: dict) -> None:
+        pass
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def _after_save(self, metrics: dict) -> None:
+        inject_failure(self.fail_at, next(iter(metrics.values())), self.restored, self.rank, self.world_size)
+
+
+class LocalCheckpoints(Checkpoints):
+    """One process: the state as ``state.pt`` under a URI (``torch.load(weights_only=True)`` to read)."""
+
+    def __init__(self, uri: str, every: int, fail_at: int | None = None):
+        self.uri, self.every, self.fail_at = storage.join(uri, "state.pt"), every, fail_at
+        self.restored = storage.exists(self.uri)
+
+    def load(self):
+        if not storage.exists(self.uri):
+            return None
+        return torch.load(io.BytesIO(storage.read_bytes(self.uri)), weights_only=True)
+
+    def save(self, state, metrics):
+        storage.write_bytes(self.uri, _serialise(state))
+        self._after_save(metrics)
+
+
+class TrainCheckpoints(Checkpoints):
+    """State saved through ``ray.train.report`` (rank 0 writes, every rank reports)."""
+
+    def __init__(self, every: int, rank: int, world_size: int, fail_at: int | None):
+        import ray.train
+
+        self.every, self.rank, self.world_size, self.fail_at = every, rank, world_size, fail_at
+        self.checkpoint = ray.train.get_checkpoint()
+        self.restored = self.checkpoint is not None
+
+    def load(self):
+        data = read_checkpoint(self.checkpoint, "state.pt")
+        return None if data is None else torch.load(io.BytesIO(data), weights_only=True)
+
+    def save(self, state, metrics):
+        report(metrics, {"state.pt": _serialise(state)} if self.rank == 0 else None)
+        self._after_save(metrics)
+
+
+def _serialise(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def report(metrics: dict, files: dict[str, bytes] | None = None) -> None:
+    """``ray.train.report`` from a worker; ``files`` (rank 0's) become the checkpoint."""
+    import ray.train
+
+    if files is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in files.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def read_checkpoint(checkpoint, name: str) -> bytes | None:
+    """The bytes of file ``name`` of a Ray Train checkpoint (None when absent)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        path = os.path.join(d, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: str, max_failures: int = 3,
+                datasets: dict | None = None, resources_per_worker: dict | None = None, checkpoint_config=None):
+    """Run ``loop(config)`` on a Ray Train worker group; its checkpoints and run state live in ``work``.
+
+    Returns Ray Train's ``Result``. A rerun with the same ``work`` resumes from the latest
+    checkpoint (same ``RunConfig`` name and storage path).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .. import _ray
+
+    _ray.init()
+    storage_path, name = storage.absolute(work).rsplit("/", 1)
+    trainer = TorchTrainer(
+        loop, train_loop_config=config, datasets=datasets,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources_per_worker),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2)))
+    start = time.perf_counter()
+    result = trainer.fit()
+    log.info("ray train: %d workers finished in %.1f s", num_workers, time.perf_counter() - start)
+    return result
+
+
+def load_pool(store, rank: int, world: int, device, transform=None) -> Pool:
+    lo, hi = store.worker_range(rank, world)
+    x = torch.from_numpy(store.embeddings(lo, hi))
+    if transform is not None:
+        x = transform(x)
+    return Pool(x.to(device), lo, len(store))
+
+
+def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | None = None,
+        resume: bool = False, checkpoint_every: int = 0, transform=None, fail_at: int | None = None) -> dict:
+    """Run ``job`` over ``store`` (an :class:`~activeft.store.EmbeddingStore`) on ``num_workers``
+    workers; return its result (from rank 0)."""
+    if num_workers > len(store):
+        raise StoreError(f"{num_workers} workers for a pool of {len(store)} rows: use at most {len(store)}")
+    if work is not None and not resume:
+        storage.delete(work)
+    if num_workers == 1:
+        device = torch.device("cuda" if use_gpu else "cpu")
+        if use_gpu and not torch.cuda.is_available():
+            raise ActiveftError("--use-gpu given but this process sees no CUDA device")
+        pool = load_pool(store, 0, 1, device, transform)
+        checkpoints = LocalCheckpoints(work, checkpoint_every, fail_at) if work else Checkpoints()
+        return job(pool, Collectives(), checkpoints)
+    temp = None
+    if work is None:  # beside the store: every worker reads it, so it is shared storage on a cluster
+        work = temp = storage.join(store.uri, "_work", "runs", uuid.uuid4().hex)
+    config = {"store": store.uri, "job": job, "checkpoint_every": checkpoint_every, "transform": transform,
+              "fail_at": fail_at}
+    try:
+        result = train_group(worker_loop, config, num_workers=num_workers, use_gpu=use_gpu, work=work)
+        error = read_checkpoint(result.checkpoint, "error.pkl")
+        if error is not None:
+            raise pickle.loads(error)
+        return json.loads(read_checkpoint(result.checkpoint, "result.json"))
+    finally:
+        if temp:
+            storage.delete(temp)
+
+
+def worker_loop(config: dict) -> None:
+    """The Ray Train loop of :func:`run`: load this worker's rows, run the job, report the result
+    (or the user error, which the driver raises: no retries) from rank 0."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    comm = TorchCollectives()
+    checkpoints = TrainCheckpoints(config["checkpoint_every"], rank, world, config["fail_at"])
+    done = read_checkpoint(checkpoints.checkpoint, "result.json")
+    if done is not None:  # the run already finished: hand its result back
+        report({"done": 1}, {"result.json": done} if rank == 0 else None)
+        return
+    try:
+        pool, error = load_pool(EmbeddingStore(config["store"]), rank, world, ray.train.torch.get_device(),
+                                config["transform"]), None
+    except ActiveftError as e:
+        pool, error = None, e
+    errors = [e for e in comm.all_gather_object(error) if e is not None]
+    if errors:
+        report({"done": 1}, {"error.pkl": pickle.dumps(errors[0])} if rank == 0 else None)
+        return
+    result = config["job"](pool, comm, checkpoints)
+    report({"done": 1}, {"result.json": json.dumps(result).encode()} if rank == 0 else None)
