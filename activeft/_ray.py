@@ -1,24 +1,42 @@
-"""Connecting to Ray: an existing cluster when ``RAY_ADDRESS`` is set (``ray job submit`` sets
-it), otherwise a local instance started on demand. No code path differs between the two."""
+"""Connecting to Ray: the cluster ``RAY_ADDRESS`` (or an explicit ``address``) names, otherwise a new
+local instance. Never another Ray that happens to run on this host (``ray.init()`` alone would join
+a ``ray start`` head it finds there). No code path differs between the two."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from .errors import ActiveftError
+
 log = logging.getLogger(__name__)
 
 
-def init() -> None:
+def init(address: str | None = None) -> None:
+    """Start or join Ray unless this process is connected already; log which, with the address.
+
+    ``address`` (else ``RAY_ADDRESS``): ``host:port``, ``ray://host:port`` or ``auto`` (the Ray
+    this host runs) joins that cluster; unset, empty or ``local`` starts a local instance.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True)
+    named = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    join = named not in ("", "local")
+    try:
+        ray.init(address=named if join else "local", logging_level=logging.WARNING, log_to_driver=True)
+    except ConnectionError as e:
+        raise ActiveftError(f"cannot connect to the Ray cluster at {named} "
+                            f"({'--address' if address else 'RAY_ADDRESS'}): {str(e).strip().splitlines()[0]}") from e
     res = ray.cluster_resources()
-    log.info("Ray: %s with %g CPUs, %g GPUs, %.1f GiB memory", "cluster at " + address if address else
-             "local instance", res.get("CPU", 0), res.get("GPU", 0), res.get("memory", 0) / 2**30)
+    try:
+        where = ray.get_runtime_context().gcs_address
+    except Exception:  # Ray Client (ray://) has no GCS address of its own
+        where = named
+    log.info("Ray: %s at %s with %g CPUs, %g GPUs, %.1f GiB memory",
+             f"joined the cluster {named!r}" if join else "started a local instance", where, res.get("CPU", 0),
+             res.get("GPU", 0), res.get("memory", 0) / 2**30)
 
 
 def cluster_gpus() -> float:

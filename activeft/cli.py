@@ -14,11 +14,19 @@ from typing import Annotated
 
 import typer
 
+from .calibrate import PARAMS as calibrate_params
+from .calibrate import calibrate
 from .console import error_exit, setup_logging
 from .errors import ConfigError, suggest
+from .finetune import PARAMS as finetune_params
+from .finetune import finetune
+from .importer import PARAMS as import_params
+from .importer import import_embeddings
+from .loop import PARAMS as loop_params
+from .loop import loop
 from .params import REQUIRED, cli_parameters
 from .select import PARAMS as select_params
-from .select import get_selector, list_selectors
+from .select import get_selector, list_selectors, select
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
@@ -85,50 +93,30 @@ def embed(
                f"embedded {run_['embedded']} images in {run_['seconds']} s ({run_['images_per_s']} images/s)")
 
 
-@app.command("import-embeddings")
-def import_embeddings(
-    table: Annotated[str, typer.Argument(help="Parquet table with an id and an embedding (list) column, "
-                                              "or a .npy (N, D) matrix.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Embedding store to write.")],
-    ids: Annotated[str | None, typer.Option(help="For .npy: ids file (.txt one per line, or a one-column "
-                                                    ".csv/.parquet).")] = None,
-    id_column: Annotated[str, typer.Option(help="Id column of the Parquet table.")] = "id",
-    embedding_column: Annotated[str, typer.Option(help="Embedding column of the Parquet table.")] = "embedding",
-    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize",
-                                            help="L2-normalise the vectors (default); with --no-normalize "
-                                                 "they must already be unit-norm.")] = True,
-    dtype: Annotated[str, typer.Option(help="Storage dtype: float32 or float16.")] = "float32",
-    partition_size: Annotated[int, typer.Option(help="Rows per shard.")] = 100_000,
-    overwrite: Overwrite = False,
-):
+def _import_command(**values):
     """Write the embedding-store contract from embeddings you already have (CLIP, DINO, ...).
 
     Example: activeft import-embeddings clip.parquet --output stores/clip --id-column key --embedding-column vec
     """
-    from .importer import import_embeddings as run
-
-    store = run(table, output, ids=ids, id_column=id_column, embedding_column=embedding_column,
-                normalize=normalize, dtype=dtype, partition_size=partition_size, overwrite=overwrite)
+    store = import_embeddings(**values)
     typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}")
 
 
-def _select_command(**kwargs):
+def _select_command(**values):
     """Select the samples worth labeling, sharded over Ray Train workers. The method's own
-    parameters (below the common ones) default to the method's defaults.
+    parameters (after the common ones) default to the method's defaults.
 
     Example: activeft select stores/pool --budget 1% --output sel/activeft --num-workers 8 --use-gpu
     """
-    from .select import select as run
-
-    common = {k: kwargs.pop(k) for k in SELECT_PARAMS}
-    sel = run(**common, **{k: v for k, v in kwargs.items() if v is not None})
+    common = {k: values.pop(k) for k in select_params}
+    sel = select(**common, **{k: v for k, v in values.items() if v is not None})
     info = sel.info
     typer.echo(f"{common['output']}: {len(sel)} of {info['pool_size']} selected by {common['method']} in "
                f"{info['seconds_total']} s; coverage {info['coverage']:.4f} (random: {info['coverage_random']:.4f})")
 
 
 def _method_params() -> dict:
-    """Every registered selector's parameters, each once (help prefixed by the methods using it)."""
+    """Every registered selector's parameters, each once (its help names the methods using it)."""
     out: dict = {}
     for name in list_selectors():
         for key, p in get_selector(name).params.items():
@@ -137,138 +125,45 @@ def _method_params() -> dict:
             for k, v in out.items()}
 
 
-SELECT_PARAMS = {k: v for k, v in select_params.items() if k != "store"}
-app.command("select")(_generated(_select_command, select_params, arguments=("store",), required=("output",),
-                                 method_params=_method_params()))
-
-
-@app.command()
-def calibrate(
-    store: Annotated[str, typer.Argument(help="Embedding store the selection was made from.")],
-    selection: Annotated[str, typer.Option(help="Selection directory whose ids were labeled.")],
-    labels: Annotated[str, typer.Option(help="Table (.csv/.parquet) 'id,label' for exactly the selected ids.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Directory for calibrated.parquet and "
-                                                             "calibration.json.")],
-    alpha: Annotated[float, typer.Option(help="beta = 1 - exp(-alpha * labeled %) weighs the labeled class mean "
-                                              "against its cluster's mean (official: 0.7 on CIFAR-10 1%).")] = 0.7,
-    xi: Annotated[float, typer.Option(help="Added to every entry of the cluster covariance.")] = 0.2,
-    tukey_lambda: Annotated[float, typer.Option(help="Tukey transform exponent (0: log).")] = 0.5,
-    clusters: Annotated[int | None, typer.Option(help="k of the k-means (default: number of labeled "
-                                                      "classes).")] = None,
-    samples_per_label: Annotated[str, typer.Option(help="Draws per labeled sample: auto (2 below 50 labels per "
-                                                        "class, else 1) or N.")] = "auto",
-    emd_filter: Annotated[bool, typer.Option("--emd-filter", help="Keep a draw only if it does not raise the 1-D "
-                                                                  "Wasserstein distance of mean activations.")] = False,
-    max_draws: Annotated[int, typer.Option(help="Draws per labeled sample before it is skipped.")] = 50,
-    kmeans_runs: Annotated[int, typer.Option(help="k-means runs; the lowest inertia is kept.")] = 10,
-    num_workers: Annotated[int, typer.Option(help="Ray Train workers (1: in this process).")] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Run on GPUs.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    overwrite: Overwrite = False,
-):
+def _calibrate_command(**values):
     """ActiveDC: add pseudo-labeled pool samples drawn from calibrated class distributions.
 
     Example: activeft calibrate stores/pool --selection sel/activeft --labels labels.csv --output cal/
     """
-    from .calibrate import calibrate as run
-
-    table = run(store, selection=selection, labels=labels, output=output, alpha=alpha, xi=xi,
-                tukey_lambda=tukey_lambda, clusters=clusters, samples_per_label=samples_per_label,
-                emd_filter=emd_filter, max_draws=max_draws, kmeans_runs=kmeans_runs, num_workers=num_workers,
-                use_gpu=use_gpu, seed=seed, overwrite=overwrite)
+    table = calibrate(**values)
     pseudo = sum(s == "pseudo" for s in table.column("source").to_pylist())
-    typer.echo(f"{output}: {table.num_rows - pseudo} labeled + {pseudo} pseudo-labeled samples")
+    typer.echo(f"{values['output']}: {table.num_rows - pseudo} labeled + {pseudo} pseudo-labeled samples")
 
 
-@app.command()
-def finetune(
-    store: Annotated[str, typer.Argument(help="Embedding store holding the training ids.")],
-    train: Annotated[str, typer.Option(help="Table 'id,label' (.csv/.parquet): labels of a selection, or "
-                                            "ActiveDC's calibrated.parquet.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Run directory (local or s3://).")],
-    mode: Annotated[str, typer.Option(help="linear (head on stored embeddings), full (Ray Train on images) or "
-                                           "lp-ft (linear probe, then full).")] = "linear",
-    val: Annotated[str | None, typer.Option(help="Held-out 'id,label' table of the same store.")] = None,
-    val_store: Annotated[str | None, typer.Option(help="A second store whose 'label' column is the ground "
-                                                       "truth (e.g. an embedded test set).")] = None,
-    model: Annotated[str | None, typer.Option(help="timm model for full / lp-ft (default: the store's).")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Weights: hub, none or a path (default: the "
-                                                        "store's).")] = None,
-    head: Annotated[str, typer.Option(help="linear: 'linear' (logistic regression) or 'mlp' (ASVP's "
-                                           "proxy).")] = "linear",
-    epochs: Annotated[int | None, typer.Option(help="full / lp-ft: epochs (default 50); linear: L-BFGS "
-                                                    "iterations (500) or MLP epochs (50).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (full: 0.01 x global batch / 512).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per worker and step.")] = 64,
-    weight_decay: Annotated[float | None, typer.Option(help="linear: 1/n (sklearn C=1); full: 1e-4.")] = None,
-    eval_every: Annotated[int, typer.Option(help="Epochs between validations and checkpoints.")] = 5,
-    num_workers: Annotated[int, typer.Option(help="Ray Train workers (full, lp-ft).")] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Train on GPUs (DDP over nccl, bf16).")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_failures: Annotated[int, typer.Option(help="Worker-group restarts from the last checkpoint.")] = 3,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-):
+def _finetune_command(**values):
     """Finetune on the labeled set: a linear head on the embeddings, or the whole backbone on Ray Train.
 
     Example: activeft finetune stores/pool --train cal/calibrated.parquet --val-store stores/test -o runs/r1 --mode full
     """
-    from .finetune import finetune as run
-
-    info = run(store, train=train, output=output, mode=mode, val=val, val_store=val_store, model=model,
-               pretrained=pretrained, head=head, epochs=epochs, lr=lr, batch_size=batch_size,
-               weight_decay=weight_decay, eval_every=eval_every, num_workers=num_workers, use_gpu=use_gpu,
-               seed=seed, max_failures=max_failures, resume=resume, overwrite=overwrite)
-    typer.echo(f"{output}: {mode} on {info['config']['train_rows']} samples, {len(info['classes'])} classes; "
-               f"val top-1 final {info['final_val_accuracy']}, best {info['best_val_accuracy']}")
+    info = finetune(**values)
+    typer.echo(f"{values['output']}: {values['mode']} on {info['config']['train_rows']} samples, "
+               f"{len(info['classes'])} classes; val top-1 final {info['final_val_accuracy']}, "
+               f"best {info['best_val_accuracy']}")
 
 
-@app.command()
-def loop(
-    store: Annotated[str, typer.Argument(help="Embedding store of the pool.")],
-    state: Annotated[str, typer.Option(help="Directory (local or s3://) of the loop's state; re-run to "
-                                            "continue.")],
-    round_budget: Annotated[str, typer.Option(help="Labels per round: N (with --rounds) or B1,B2,...")],
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds (with a single --round-budget).")] = None,
-    strategy: Annotated[str, typer.Option(help="margin, entropy, confidence, badge, coreset, activeft or "
-                                               "random.")] = "margin",
-    first: Annotated[str, typer.Option(help="Cold-start round: activeft or random.")] = "activeft",
-    refresh: Annotated[str, typer.Option(help="Feature refresh: never, at-labels:N or logme.")] = "never",
-    refresh_mode: Annotated[str, typer.Option(help="Backbone finetuning of a refresh: lp-ft or full.")] = "lp-ft",
-    refresh_epochs: Annotated[int | None, typer.Option(help="Epochs of that finetuning (default 50).")] = None,
-    final: Annotated[str, typer.Option(help="Final model: auto (LP-FT below --final-threshold labels per class, "
-                                            "full above), linear, lp-ft, full or none.")] = "auto",
-    final_threshold: Annotated[int, typer.Option(help="Labels per class from which auto picks full "
-                                                      "finetuning.")] = 100,
-    oracle: Annotated[str | None, typer.Option(help="store-labels: the store's label column answers "
-                                                    "(benchmarks).")] = None,
-    labels: Annotated[str | None, typer.Option(help="Human in the loop: the growing 'id,label' table; each "
-                                                    "round exports its selection and stops.")] = None,
-    eval_store: Annotated[str | None, typer.Option(help="Labeled store to score a linear probe on after every "
-                                                        "round.")] = None,
-    num_workers: Annotated[int, typer.Option(help="Ray Train workers for scoring and finetuning.")] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="Use GPUs.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    label_cost: Annotated[float, typer.Option(help="Dollars per label, for the cost account.")] = 0.0,
-    gpu_hour_cost: Annotated[float, typer.Option(help="Dollars per GPU-hour, for the cost account.")] = 3.0,
-    cpu_hour_cost: Annotated[float, typer.Option(help="Dollars per CPU-hour, for the cost account.")] = 0.05,
-    proxy_epochs: Annotated[int, typer.Option(help="Epochs of the proxy MLP each round.")] = 50,
-):
+def _loop_command(**values):
     """Multi-round active learning through a proxy (ASVP), with feature refresh and LP-FT.
 
     Example: activeft loop stores/pool --state loops/l1 --round-budget 1000 --rounds 5 --labels labels.csv
     """
-    from .loop import loop as run
-
-    st = run(store, state=state, round_budget=round_budget, rounds=rounds, strategy=strategy, first=first,
-             refresh=refresh, refresh_mode=refresh_mode, refresh_epochs=refresh_epochs, final=final,
-             final_threshold=final_threshold,
-             oracle=oracle, labels=labels, eval_store=eval_store, num_workers=num_workers, use_gpu=use_gpu,
-             seed=seed, label_cost=label_cost, gpu_hour_cost=gpu_hour_cost, cpu_hour_cost=cpu_hour_cost,
-             proxy_epochs=proxy_epochs)
+    st = loop(**values)
     done = sum(r["status"] == "labeled" for r in st["rounds"])
-    typer.echo(f"{state}: {done} of {len(st['config']['budgets'])} rounds done, {st['cost']['labels']} labels; "
-               f"final model: {st['final'] and st['final']['run']}")
+    typer.echo(f"{values['state']}: {done} of {len(st['config']['budgets'])} rounds done, {st['cost']['labels']} "
+               f"labels; final model: {st['final'] and st['final']['run']}")
+
+
+app.command("import-embeddings")(_generated(_import_command, import_params, arguments=("table",)))
+app.command("select")(_generated(_select_command, select_params, arguments=("store",), required=("output",),
+                                 method_params=_method_params()))
+app.command("calibrate")(_generated(_calibrate_command, calibrate_params, arguments=("store",),
+                                    required=("output",)))
+app.command("finetune")(_generated(_finetune_command, finetune_params, arguments=("store",)))
+app.command("loop")(_generated(_loop_command, loop_params, arguments=("store",)))
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -16,9 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import storage
+from .calibrate import PARAMS as calibrate_params
 from .errors import ActiveftError, ConfigError
-from .loop import parse_budgets, parse_refresh
+from .export import PARAMS as export_params
+from .finetune import PARAMS as finetune_params
+from .loop import PARAMS as loop_params
 from .params import config_fields
+from .report import PARAMS as report_params
 from .select import PARAMS as select_params
 
 
@@ -40,17 +44,8 @@ def section(name: str, declared: dict, **extra) -> type[_Section]:
     return create_model(name, __base__=_Section, __validators__=validators, **{**config_fields(declared), **extra})
 
 
-def _accepted_by(field: str, parse, allowed: str, mode: str = "after"):
-    """A validator of ``field``: the value must pass the library's own ``parse`` (the API and the
-    config accept the same values); ``allowed`` is what the one-line error says it must be."""
-    def accepted(cls, v):
-        try:
-            parse(v)
-        except ActiveftError:
-            raise ValueError(f"must be {allowed}") from None
-        return v
-
-    return field_validator(field, mode=mode)(classmethod(accepted))
+def _without(declared: dict, *names: str) -> dict:
+    return {k: p for k, p in declared.items() if k not in names}
 
 
 class EmbedConfig(_Section):
@@ -67,57 +62,18 @@ class EmbedConfig(_Section):
     max_error_fraction: float = Field(0.01, ge=0, le=1)
 
 
-SelectConfig = section("SelectConfig", {k: p for k, p in select_params.items() if k not in ("store", "resume",
-                                                                                          "overwrite")},
+SelectConfig = section("SelectConfig", _without(select_params, "store", "output", "resume", "overwrite"),
                        output=(str, "{output}/selection"), params=(dict[str, Any], {}))
 
 
-class ReportConfig(_Section):
-    enabled: bool = True
-    sample: int = Field(5000, ge=10)
-    clusters: int = Field(20, ge=2)
+ReportConfig = section("ReportConfig", _without(report_params, "store", "selection", "seed"), enabled=(bool, True))
 
 
-class ExportConfig(_Section):
-    output: str = "{output}/export"
-    label_studio: bool = True
-    presign: bool = False
-    expires: int = Field(7 * 24 * 3600, ge=1)
-
-
-class CalibrateConfig(_Section):
-    enabled: bool = True
-    output: str = "{output}/calibration"
-    alpha: float = Field(0.7, ge=0)
-    xi: float = Field(0.2, ge=0)
-    tukey_lambda: float = 0.5
-    clusters: int | None = Field(None, ge=1)
-    samples_per_label: int | Literal["auto"] = "auto"
-    emd_filter: bool = False
-    max_draws: int = Field(50, ge=1)
-    kmeans_runs: int = Field(10, ge=1)
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    seed: int = 0
-
-
-class FinetuneConfig(_Section):
-    output: str = "{output}/finetune"
-    mode: Literal["linear", "full", "lp-ft"] = "linear"
-    val: str | None = None
-    val_store: str | None = None
-    model: str | None = None
-    pretrained: str | None = None
-    head: Literal["linear", "mlp"] = "linear"
-    epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float | None = Field(None, ge=0)
-    eval_every: int = Field(5, ge=1)
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    seed: int = 0
-    max_failures: int = Field(3, ge=0)
+ExportConfig = section("ExportConfig", _without(export_params, "selection"), output=(str, "{output}/export"))
+CalibrateConfig = section("CalibrateConfig", _without(calibrate_params, "store", "selection", "labels", "overwrite"),
+                          output=(str, "{output}/calibration"), enabled=(bool, True))
+FinetuneConfig = section("FinetuneConfig", _without(finetune_params, "store", "train", "resume", "overwrite"),
+                         output=(str, "{output}/finetune"))
 
 
 class TrainConfig(_Section):
@@ -128,32 +84,8 @@ class TrainConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
-class LoopConfig(_Section):
-    store: str = "{output}/store"
-    state: str = "{output}/loop"
-    round_budget: int | str
-    rounds: int | None = Field(None, ge=1)
-    strategy: Literal["margin", "entropy", "confidence", "badge", "coreset", "activeft", "random"] = "margin"
-    first: Literal["activeft", "random"] = "activeft"
-    refresh: str = "never"
-    refresh_mode: Literal["lp-ft", "full"] = "lp-ft"
-    refresh_epochs: int | None = Field(None, ge=1)
-    final: Literal["auto", "linear", "lp-ft", "full", "none"] = "auto"
-    final_threshold: int = Field(100, ge=1)
-    oracle: Literal["store-labels"] | None = None
-    labels: str | None = None
-    eval_store: str | None = None
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    seed: int = 0
-    proxy_epochs: int = Field(50, ge=1)
-    label_cost: float = Field(0.0, ge=0)
-    gpu_hour_cost: float = Field(3.0, ge=0)
-    cpu_hour_cost: float = Field(0.05, ge=0)
-
-    _budgets = _accepted_by("round_budget", lambda v: parse_budgets(v, None), "a count >= 1 or counts 'B1,B2,...'",
-                            mode="before")
-    _policy = _accepted_by("refresh", parse_refresh, "'never', 'logme' or 'at-labels:N'")
+LoopConfig = section("LoopConfig", _without(loop_params, "store", "state"), store=(str, "{output}/store"),
+                     state=(str, "{output}/loop"))
 
 
 class Config(_Section):
@@ -233,8 +165,20 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. select.budget=1%")
         key, _, text = item.partition("=")
-        _set(tree, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or storage._first_line(e)
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. {key.strip()}='{text}'") from None
+        _set(tree, key.strip(), value)
     variables = {"date": date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+    if "output" in tree:  # every default path is {output}/...: an empty one would write under /
+        try:
+            storage.output_uri(_resolve(str(tree["output"] if tree["output"] is not None else ""), variables),
+                               "config key 'output'")
+        except ActiveftError as e:
+            raise ConfigError(str(e)) from None
     try:
         variables["output"] = _resolve(str(tree.get("output", "")), variables).rstrip("/")
         cfg = Config.model_validate(_resolve(tree, variables))

@@ -177,16 +177,17 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
         n = int(gpus // gpus_per_actor) if gpus_per_actor else int(cpus) // 4
         pool = (max(n, 1), max(n, 1))
     # Decoding is the usual bottleneck, so it gets every CPU of the cluster: 1-CPU tasks on
-    # blocks of at most a batch, enough blocks for each CPU whatever the partition size (the
-    # read splits each plan file). Actors reserve no CPU: a GPU actor only copies batches, and
-    # CPU actors run cluster CPUs / actors torch threads beside the decode tasks, as a
-    # DataLoader's main process runs beside its workers.
-    rows = max(1, min(batch_size, math.ceil(sum(todo.values()) / (2 * cpus))))
-    splits = math.ceil(max(todo.values()) / rows)
+    # blocks of about 256 rows (whole batches), fewer when that leaves under two blocks per CPU,
+    # whatever the partition size (a streaming repartition splits the plan files). Nothing else
+    # reserves a CPU: a GPU actor only copies batches, writes are light, and CPU actors run
+    # cluster CPUs / actors torch threads beside the decode tasks, as a DataLoader's main process
+    # runs beside its workers; their OpenMP threads sleep rather than spin at barriers, or they
+    # would take the cores decoding needs.
+    rows = min(batch_size * max(1, 256 // batch_size), math.ceil(sum(todo.values()) / (2 * cpus)))
     threads = None if gpus_per_actor else max(1, int(cpus) // pool[1])
     fs, _ = storage.resolve(output)
     paths = [storage.resolve(_shards.plan_uri(output, p))[1] for p in sorted(todo)]
-    ds = ray.data.read_parquet(paths, filesystem=fs, override_num_blocks=len(paths) * splits)
+    ds = ray.data.read_parquet(paths, filesystem=fs, concurrency=1).repartition(target_num_rows_per_block=rows)
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": config},
                         num_cpus=1)
     ds = ds.map_batches(Embedder, batch_format="pyarrow", batch_size=batch_size,
@@ -194,8 +195,10 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
                                                "threads": threads},
                         compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
                                                            initial_size=pool[1] if gpus_per_actor else pool[0]),
-                        num_cpus=0, num_gpus=gpus_per_actor or None)
-    ds.write_datasink(ShardSink(output, todo, columns))
+                        num_cpus=0, num_gpus=gpus_per_actor or None,
+                        runtime_env=None if gpus_per_actor else {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
+    # one write at a time: two writes of one partition could race on its staging directory
+    ds.write_datasink(ShardSink(output, todo, columns), ray_remote_args={"num_cpus": 0}, concurrency=1)
 
 
 def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
@@ -242,7 +245,8 @@ class Embedder:
                 if self.pinned is None or len(self.pinned) < len(ok):
                     self.pinned = torch.empty((len(ok), *images.shape[1:]), dtype=torch.uint8).pin_memory()
                 x = self.pinned[:len(ok)]
-                np.take(images, ok, axis=0, out=x.numpy())  # the previous copy is done: its results were read
+                # the previous batch's copy is done (its results were read); "clip": no temporary
+                np.take(images, ok, axis=0, out=x.numpy(), mode="clip")
                 x = x.to(self.device, non_blocking=True)
             else:
                 x = torch.from_numpy(images[ok])
@@ -259,6 +263,11 @@ class ShardSink(Datasink):
 
     def __init__(self, output: str, sizes: dict[int, int], columns: list[str]):
         self.output, self.sizes, self.columns = output, sizes, columns
+
+    @property
+    def min_rows_per_write(self) -> int:
+        """About a partition per write task (blocks are much smaller), so shards come from few staged runs."""
+        return max(self.sizes.values())
 
     def write(self, blocks, ctx) -> list[int]:
         blocks = [b for b in blocks if b.num_rows]

@@ -13,11 +13,9 @@ import json
 import logging
 import time
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-
 from . import stage, storage
-from .errors import ParameterError, check
+from .errors import ParameterError
+from .params import BOOL, TEXT, Rule, declared, integer, validate
 from .select import Selection, read_selection
 
 log = logging.getLogger(__name__)
@@ -43,6 +41,19 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
 
     A selection from imported embeddings has ids but no image uris: then only the CSV is written.
 
+    Parameters
+    ----------
+    selection : str or Selection
+        A finished selection (its directory) or the object.
+    output : str
+        Directory for the export (replaced when it holds an earlier export).
+    label_studio : bool, default=True
+        Also write Label Studio tasks (``labelstudio.json``).
+    presign : bool
+        Presigned ``https`` URLs instead of ``s3://`` URIs in the tasks.
+    expires : int, default=604800
+        Lifetime of presigned URLs in seconds.
+
     Examples
     --------
     >>> import json, tempfile
@@ -54,31 +65,32 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     >>> json.load(open(f"{d}/export/labelstudio.json"))
     [{'data': {'image': 's3://b/a.jpg', 'id': 'a.jpg', 'rank': 0}}]
     """
-    check(isinstance(expires, int) and expires >= 1, "expires", "export", "an int >= 1 (seconds)", expires)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "export")
     sel = selection if isinstance(selection, Selection) else read_selection(selection)
     table = sel.table
     has_uris = "uri" in table.column_names
-    output = storage.absolute(output)
+    output = storage.output_uri(output)
     settings = {"selection": sel.uri, "label_studio": label_studio, "presign": presign}
-    stage.start(output, "export", settings,
-                stage.check(output, "export", settings, marker=MARKER, resume=None, overwrite=True))
-    files = {}
-    buf = pa.BufferOutputStream()
-    pacsv.write_csv(table.select(["id", "uri", "rank"] if has_uris else ["id", "rank"]), buf)
-    files["csv"] = storage.join(output, "selection.csv")
-    storage.write_bytes(files["csv"], buf.getvalue().to_pybytes())
-    if label_studio and not has_uris:
-        log.warning("export: the store holds imported embeddings (ids, no image uris): selection.csv lists the ids; "
-                    "no Label Studio tasks")
-    elif label_studio:
-        sign = _presigner(expires) if presign else (lambda uri: uri)
-        tasks = [{"data": {"image": sign(u), "id": i, "rank": r}}
-                 for i, u, r in zip(table.column("id").to_pylist(), table.column("uri").to_pylist(),
-                                    table.column("rank").to_pylist(), strict=True)]
-        files["label_studio"] = storage.join(output, "labelstudio.json")
-        storage.write_bytes(files["label_studio"], json.dumps(tasks, indent=1).encode())
-    info = {"selection": sel.uri, "tasks": table.num_rows, "files": files, "presigned": presign,
-            "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + expires)) if presign else None}
-    storage.write_json(storage.join(output, MARKER), info)
+    with stage.writing(output, "export", settings, marker=MARKER, resume=None, overwrite=True) as out:
+        files = {"csv": storage.join(output, "selection.csv")}  # where they will be, once committed
+        storage.write_csv(out.join("selection.csv"), table.select(["id", "uri", "rank"] if has_uris else
+                                                                  ["id", "rank"]))
+        if label_studio and not has_uris:
+            log.warning("export: the store holds imported embeddings (ids, no image uris): selection.csv lists the "
+                        "ids; no Label Studio tasks")
+        elif label_studio:
+            sign = _presigner(expires) if presign else (lambda uri: uri)
+            tasks = [{"data": {"image": sign(u), "id": i, "rank": r}}
+                     for i, u, r in zip(table.column("id").to_pylist(), table.column("uri").to_pylist(),
+                                        table.column("rank").to_pylist(), strict=True)]
+            files["label_studio"] = storage.join(output, "labelstudio.json")
+            storage.write_bytes(out.join("labelstudio.json"), json.dumps(tasks, indent=1).encode())
+        info = out.commit({"selection": sel.uri, "tasks": table.num_rows, "files": files, "presigned": presign,
+                           "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + expires))
+                           if presign else None})
     log.info("export: %d tasks -> %s", table.num_rows, output)
     return info
+
+
+PARAMS = declared(export, {"selection": Rule(str, lambda v: isinstance(v, (str, Selection)), "a selection"),
+                           "output": TEXT, "label_studio": BOOL, "presign": BOOL, "expires": integer(1)})

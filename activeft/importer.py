@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import stage, storage
-from .errors import SourceError, check
+from .errors import SourceError
+from .params import BOOL, TEXT, declared, integer, one_of, optional, validate
 from .store import (
     DTYPES,
     ERRORS,
@@ -41,15 +42,21 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     Parameters
     ----------
     table : str
-        A ``.parquet`` table, or a ``.npy`` matrix of shape ``(N, D)``.
+        A ``.parquet`` table with an id and an embedding (list) column, or a ``.npy`` matrix of
+        shape ``(N, D)``.
+    output : str
+        Embedding store to write.
     ids : str, optional
-        For ``.npy``: the ids file (one column, N rows). Required for ``.npy``.
-    id_column, embedding_column : str
-        Column names in the Parquet table.
+        For ``.npy``: the ids file (``.txt`` one per line, or a one-column ``.csv``/``.parquet``).
+    id_column : str, default="id"
+        Id column of the Parquet table.
+    embedding_column : str, default="embedding"
+        Embedding column of the Parquet table.
     normalize : bool, default=True
         L2-normalise every vector (selection assumes unit vectors). With ``False`` the vectors
         must already have unit norm.
     dtype : {"float32", "float16"}
+        Storage dtype of the embeddings.
     partition_size : int, default=100000
         Rows per shard.
     overwrite : bool
@@ -66,39 +73,40 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     array([[0.6, 0.8],
            [1. , 0. ]], dtype=float32)
     """
-    owner = "import_embeddings"
-    check(dtype in DTYPES, "dtype", owner, f"one of {', '.join(DTYPES)}", dtype)
-    check(isinstance(partition_size, int) and partition_size >= 1, "partition_size", owner, "an int >= 1",
-          partition_size)
-    output = storage.absolute(output)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "import_embeddings")
+    output = storage.output_uri(output)
     if not storage.exists(table):
         raise SourceError(f"table {table} does not exist")
-    batches = (lambda: _npy_batches(table, ids, partition_size)) if str(table).endswith(".npy") else \
-        (lambda: _parquet_batches(table, id_column, embedding_column, partition_size))
+    batches = _npy_batches(table, ids, partition_size) if str(table).endswith(".npy") else \
+        _parquet_batches(table, id_column, embedding_column, partition_size)
     settings = {"imported_from": str(table), "dtype": dtype, "normalize": normalize}
-    state = stage.check(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite)
-    if state == stage.REPLACE:
-        for _ in _checked(table, batches(), normalize):  # bad input must not cost the store it would replace
-            pass
-    with stage.removed_on_user_error(output):
-        stage.start(output, STAGE, settings, state)
+    # on --overwrite the new store is written beside the old one, which bad input found late never touches
+    with stage.writing(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite) as out:
         shards, dim, columns = [], None, None
-        for i, (batch, x) in enumerate(_checked(table, batches(), normalize)):
+        for i, (batch, x) in enumerate(_checked(table, batches, normalize)):
             dim = x.shape[1]
             if normalize:
                 x = x / np.linalg.norm(x, axis=1, keepdims=True)
             batch = batch.set_column(batch.column_names.index("embedding"), "embedding", embedding_array(x, dtype))
             columns = batch.column_names
-            storage.write_parquet(storage.join(output, shard_name(i)), batch)
+            storage.write_parquet(out.join(shard_name(i)), batch)
             shards.append(shard_name(i))
         if not shards:
             raise SourceError(f"table {table} has no rows")
-        storage.write_parquet(storage.join(output, ERRORS), pa.table({"id": pa.array([], pa.string()),
-                                                                     "error": pa.array([], pa.string())}))
-        store = write_manifest(output, shards=shards, dim=dim, dtype=dtype, columns=columns, source=table, errors=0,
-                               backbone={"model": None, "imported_from": str(table)})
+        storage.write_parquet(out.join(ERRORS), pa.table({"id": pa.array([], pa.string()),
+                                                          "error": pa.array([], pa.string())}))
+        write_manifest(out.dir, shards=shards, dim=dim, dtype=dtype, columns=columns, source=table, errors=0,
+                       backbone={"model": None, "imported_from": str(table)})
+        out.commit()  # files.json beside the manifest, then the swap on --overwrite
+    store = EmbeddingStore(output)
     log.info("import-embeddings: %s: %d rows, dim %d, %d shards", output, len(store), dim, len(shards))
     return store
+
+
+PARAMS = declared(import_embeddings, {
+    "table": TEXT, "output": TEXT, "ids": optional(TEXT), "id_column": TEXT, "embedding_column": TEXT,
+    "normalize": BOOL, "dtype": one_of(*DTYPES), "partition_size": integer(1), "overwrite": BOOL},
+    flags={"output": ("-o",)})
 
 
 def _checked(table, batches, normalize):
@@ -137,7 +145,13 @@ def _validate(table, x, ids, seen, normalize) -> None:
 
 def _parquet_batches(table, id_column, embedding_column, partition_size):
     fs, path = storage.resolve(table)
-    pf = pq.ParquetFile(fs.open_input_file(path))
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(path))
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, storage.StorageUnavailable):
+            raise
+        raise SourceError(f"cannot read {table} as Parquet ({storage._first_line(e)}); import-embeddings reads "
+                          "a .parquet table or a .npy matrix") from e
     names = pf.schema_arrow.names
     for col in (id_column, embedding_column):
         if col not in names:
@@ -157,7 +171,12 @@ def _npy_batches(table, ids, partition_size):
 
     if ids is None:
         raise SourceError(f"{table} is a .npy matrix: pass the ids file with --ids")
-    x = np.load(io.BytesIO(storage.read_bytes(table)))
+    try:
+        x = np.load(io.BytesIO(storage.read_bytes(table)))
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, storage.StorageUnavailable):
+            raise
+        raise SourceError(f"cannot read {table} as a .npy matrix ({storage._first_line(e)})") from e
     if x.ndim != 2:
         raise SourceError(f"{table} has shape {x.shape}; expected (N, D)")
     if str(ids).endswith((".csv", ".parquet")):

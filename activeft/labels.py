@@ -35,10 +35,19 @@ def read_labels(source, what: str = "labels") -> pa.Table:
     table = table.set_column(0, "id", pc.cast(table.column("id"), pa.string()))
     if table.num_rows == 0:
         raise LabelsError(f"{what} table is empty")
-    for name in ("id", "label"):
-        nulls = table.column(name).null_count
-        if nulls:
-            raise LabelsError(f"{what} table has {nulls} rows without {'an id' if name == 'id' else 'a label'}")
+    name = f"{what} table" if isinstance(source, pa.Table) else f"{what} table {source}"
+    ids = table.column("id")
+    if ids.null_count:
+        row = int(pc.index(pc.is_null(ids), True).as_py())
+        raise LabelsError(f"{name}: column 'id' has {ids.null_count} empty values (first: row {row + 1})")
+    label = table.column("label")
+    bad = pc.is_null(label, nan_is_null=True) if pa.types.is_floating(label.type) else pc.is_null(label)
+    if pa.types.is_string(label.type) or pa.types.is_large_string(label.type):  # "" or "nan" in a text column
+        bad = pc.or_(bad, pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(label)), pa.array(["", "nan"])))
+    count = pc.sum(pc.fill_null(bad, True)).as_py() or 0
+    if count:
+        first = ids[int(pc.index(pc.fill_null(bad, True), True).as_py())].as_py()
+        raise LabelsError(f"{name}: column 'label' has {count} empty or NaN values (first: id {first!r})")
     counts = Counter(table.column("id").to_pylist())
     dupes = sorted(k for k, v in counts.items() if v > 1)
     if dupes:

@@ -70,11 +70,13 @@ def number(minimum: float | None = None, *, strict: bool = False, maximum: float
 
 
 def one_of(*choices) -> Rule:
-    return Rule(str, lambda v: v in choices, "one of " + ", ".join(map(repr, choices)))
+    return Rule(str, lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
 BOOL = Rule(bool, lambda v: isinstance(v, bool), "True or False")
 TEXT = Rule(str, lambda v: isinstance(v, str), "a string")
+STORE = Rule(str, lambda v: isinstance(v, str) or hasattr(v, "manifest"), "a store URI or an EmbeddingStore")
+TABLE = Rule(str, lambda v: isinstance(v, str) or hasattr(v, "num_rows"), "a table URI or a pyarrow.Table")
 
 
 def optional(rule: Rule) -> Rule:

@@ -1,10 +1,13 @@
 """The selection report: one self-contained ``report.html`` (PNG plots inline) in the selection directory.
 
-Plots: the loss (ActiveFT) or inertia (k-means) curve; a 2-D PCA projection of a pool sample with
-the selected points; the coverage (mean cosine similarity of pool samples to their nearest
-selected sample) against a random selection of the same size; the share of the pool sample and
-of the selection in each of ``clusters`` k-means clusters of the sample; and, when the store has
-labels, the class balance of the selection against the pool's.
+Sections: a gallery of the selected images (inline thumbnails read from wherever the images live,
+local or object storage); a 2-D PCA projection of a pool sample with the selected points (inline
+SVG: hovering a selected point shows its image); the loss (ActiveFT) or inertia (k-means) curve;
+the coverage (mean cosine similarity of pool samples to their nearest selected sample) against a
+random selection of the same size; the share of the pool sample and of the selection in each of
+``clusters`` k-means clusters of the sample, and each cluster's most central images with the ones
+selected from it; and, when the store has labels, the class balance of the selection against the
+pool's. A store of imported embeddings (no image uris) gets no images.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from . import storage
 from .engine import Collectives, FlatIndex, Pool, kmeans
+from .params import STORE, Rule, declared, integer, validate
 from .select import Selection, read_selection
 from .store import EmbeddingStore
 
@@ -49,6 +53,19 @@ def _figure(title: str, size=(6.4, 4)):
 def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, seed: int = 0) -> str:
     """Write ``report.html`` into the selection directory; return its URI.
 
+    Parameters
+    ----------
+    store : str or EmbeddingStore
+        The embedding store the selection was made from.
+    selection : str or Selection
+        The selection (its directory or the object).
+    sample : int, default=5000
+        Pool rows drawn for the plots.
+    clusters : int, default=20
+        k-means clusters of the pool shown in the report.
+    seed : int, default=0
+        Random seed of the sample and the clustering.
+
     Examples
     --------
     >>> import activeft, numpy as np, tempfile
@@ -61,6 +78,7 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     >>> write_report(store, f"{d}/sel", clusters=5).endswith("sel/report.html")
     True
     """
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "report")
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     sel = selection if isinstance(selection, Selection) else read_selection(selection)
     rng = np.random.default_rng(seed)
@@ -69,20 +87,76 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     sel_rows = store.rows_of(sel.ids, "selected ids")
     both = store.embeddings_at(np.concatenate([pool_rows, sel_rows]))  # one read of the shards
     pool, chosen = both[:len(pool_rows)], both[len(pool_rows):]
-    sections = [_summary(sel, n)]
-    sections += [_loss_curve(sel.info), _projection(pool, chosen), _coverage(sel.info)]
-    sections.append(_cluster_coverage(pool, chosen, clusters, seed))
+    assign, sel_assign, centroids = _clusters(pool, chosen, clusters, seed)
+    examples = _cluster_examples(pool, assign, centroids)
+    thumbs = _Thumbnails(store, np.concatenate([sel_rows[:GALLERY], pool_rows[np.concatenate(examples)]]))
+    sections = [_summary(sel, n), _gallery(sel, sel_rows, thumbs), _projection(pool, chosen, sel, sel_rows, thumbs),
+                _loss_curve(sel.info), _coverage(sel.info),
+                _cluster_coverage(assign, sel_assign, len(centroids)),
+                _cluster_gallery(examples, pool_rows, assign, sel_assign, sel_rows, sel, thumbs)]
     if store.has_labels:
         sections.append(_class_balance(store, sel_rows))
     body = "\n".join(s for s in sections if s)
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>activeft selection report</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-            "table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}"
-            "img{max-width:100%}</style></head><body><h1>Selection report</h1>\n" + body + "</body></html>\n")
+            f"<style>{_CSS}</style></head><body><h1>Selection report</h1>\n" + body + _HOVER + "</body></html>\n")
     uri = storage.join(sel.uri, REPORT)
     storage.write_bytes(uri, page.encode())
-    log.info("report: %s", uri)
+    log.info("report: %s (%d thumbnails, %d unreadable)", uri, thumbs.made, thumbs.failed)
     return uri
+
+
+PARAMS = declared(write_report, {"store": STORE, "selection": Rule(str, lambda v: isinstance(v, (str, Selection)),
+                                                                   "a selection"),
+                                  "sample": integer(10), "clusters": integer(2), "seed": integer()})
+
+
+GALLERY = 120  # selected images shown (and hoverable in the projection), in rank order
+EXAMPLES = 8  # pool images shown per cluster, nearest to its centroid first
+THUMB = 96  # thumbnail side in pixels
+_CSS = ("body{font-family:sans-serif;max-width:64em;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}"
+        "img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:6px}"
+        ".grid figure{margin:0;width:" + str(THUMB) + "px;font-size:10px;overflow:hidden;text-overflow:ellipsis;"
+        "white-space:nowrap}.grid img{width:" + str(THUMB) + "px;height:" + str(THUMB) + "px;object-fit:contain;"
+        "background:#f4f4f4}.cluster{margin:.8em 0}.cluster h3{font-size:1em;margin:.2em 0}"
+        "#tip{position:fixed;display:none;pointer-events:none;background:#fff;border:1px solid #999;padding:3px;"
+        "font-size:10px}svg circle.sel{cursor:pointer}")
+_HOVER = ("<div id='tip'><img width='" + str(THUMB) + "'><div></div></div><script>"
+          "const tip=document.getElementById('tip');"
+          "document.querySelectorAll('svg circle.sel').forEach(c=>{"
+          "c.addEventListener('mouseenter',e=>{const t=document.getElementById('t'+c.dataset.r);"
+          "tip.querySelector('img').src=t?t.src:'';tip.querySelector('div').textContent=c.dataset.id;"
+          "tip.style.display='block';tip.style.left=(e.clientX+12)+'px';tip.style.top=(e.clientY+12)+'px';});"
+          "c.addEventListener('mouseleave',()=>{tip.style.display='none';});});</script>")
+
+
+class _Thumbnails:
+    """Inline JPEG thumbnails (data URIs) of store rows, read once from wherever the images live
+    (local or object storage); a store without image uris, or an unreadable image, has none."""
+
+    def __init__(self, store: EmbeddingStore, rows: np.ndarray):
+        from .images import open_images
+
+        self.uri_of, self.made, self.failed = {}, 0, 0
+        if "uri" not in store.columns or not len(rows):
+            return
+        rows = np.unique(rows)
+        uris = store.take(rows, ["uri"]).column("uri").to_pylist()
+        for row, image in zip(rows.tolist(), open_images(uris), strict=True):
+            if isinstance(image, Exception):
+                self.failed += 1
+                continue
+            image.thumbnail((THUMB, THUMB))
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+            self.uri_of[row] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+            self.made += 1
+
+    def figure(self, row: int, caption: str, anchor: str = "") -> str:
+        src = self.uri_of.get(int(row))
+        img = (f"<img{anchor} alt='{html.escape(caption)}' src='{src}'>" if src else
+               "<div style='height:96px;background:#eee'>no image</div>")
+        return f"<figure title='{html.escape(caption)}'>{img}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _section(title: str, png: str, note: str = "") -> str:
@@ -111,15 +185,40 @@ def _loss_curve(info: dict) -> str:
     return _section("Optimisation curve", _png(fig))
 
 
-def _projection(pool: np.ndarray, chosen: np.ndarray) -> str:
+def _gallery(sel: Selection, sel_rows: np.ndarray, thumbs: _Thumbnails) -> str:
+    if not thumbs.uri_of:
+        return "<h2>Selected images</h2><p>No thumbnails: the store holds no readable image uris.</p>"
+    shown = min(len(sel_rows), GALLERY)
+    figures = "".join(thumbs.figure(r, f"{k}. {i}", f" id='t{r}'")
+                      for k, (r, i) in enumerate(zip(sel_rows[:shown].tolist(), sel.ids[:shown], strict=True)))
+    note = f"The first {shown} of {len(sel_rows)} selected images, in selection order." if shown < len(sel_rows) \
+        else f"All {shown} selected images, in selection order."
+    return f"<h2>Selected images</h2><p>{note}</p><div class='grid'>{figures}</div>"
+
+
+def _projection(pool: np.ndarray, chosen: np.ndarray, sel: Selection, sel_rows: np.ndarray,
+                 thumbs: _Thumbnails) -> str:
+    """The pool sample and the selection on the first two principal components, as inline SVG:
+    hovering a selected point shows its thumbnail."""
     mean = pool.mean(0)
     _, _, vt = np.linalg.svd(pool - mean, full_matrices=False)
     p, c = (pool - mean) @ vt[:2].T, (chosen - mean) @ vt[:2].T
-    fig, ax = _figure("Pool sample and selection, first two principal components", (6.4, 5))
-    ax.scatter(p[:, 0], p[:, 1], s=3, c="#bbbbbb", label=f"pool sample ({len(p)})")
-    ax.scatter(c[:, 0], c[:, 1], s=14, c="#d62728", label=f"selected ({len(c)})")
-    ax.legend(loc="best")
-    return _section("2-D projection (PCA)", _png(fig))
+    both = np.concatenate([p, c])
+    lo, span = both.min(0), np.maximum(np.ptp(both, 0), 1e-12)
+    w, h, pad = 720, 480, 10
+
+    def xy(v):
+        return pad + (v[:, 0] - lo[0]) / span[0] * (w - 2 * pad), h - pad - (v[:, 1] - lo[1]) / span[1] * (h - 2 * pad)
+
+    px, py = xy(p)
+    cx, cy = xy(c)
+    dots = "".join(f"<circle cx='{a:.1f}' cy='{b:.1f}' r='1.6' fill='#bbb'/>" for a, b in zip(px, py, strict=True))
+    dots += "".join(f"<circle class='sel' data-r='{r}' data-id='{html.escape(i)}' cx='{a:.1f}' cy='{b:.1f}' r='4' "
+                    f"fill='#d62728'/>" for a, b, r, i in zip(cx, cy, sel_rows.tolist(), sel.ids, strict=True))
+    note = (f"{len(p)} pool samples (grey) and the {len(c)} selected (red), first two principal components."
+            + (" Hover a red point for its image." if thumbs.uri_of else ""))
+    return (f"<h2>2-D projection (PCA)</h2><p>{note}</p><svg width='{w}' height='{h}' viewBox='0 0 {w} {h}' "
+            f"style='border:1px solid #ddd'>{dots}</svg>")
 
 
 def _coverage(info: dict) -> str:
@@ -134,14 +233,29 @@ def _coverage(info: dict) -> str:
                     "Higher is better: every pool sample has a selected sample close to it.")
 
 
-def _cluster_coverage(pool: np.ndarray, chosen: np.ndarray, clusters: int, seed: int) -> str:
+def _clusters(pool: np.ndarray, chosen: np.ndarray, clusters: int, seed: int):
+    """k-means of the pool sample: ``(pool cluster, selection cluster, centroids)``."""
     k = min(clusters, len(pool))
     x = torch.from_numpy(pool)
     centroids, _ = kmeans(Pool(x, 0, len(x)), Collectives(), k, iterations=30, seed=seed, tag="report kmeans")
     index = FlatIndex(centroids, "l2")
-    pool_share = np.bincount(index.search(x, scores=False)[0].numpy(), minlength=k) / len(pool)
-    sel_share = np.bincount(index.search(torch.from_numpy(chosen), scores=False)[0].numpy(), minlength=k) / len(chosen)
-    order = np.argsort(-pool_share)
+    return (index.search(x, scores=False)[0].numpy(), index.search(torch.from_numpy(chosen), scores=False)[0].numpy(),
+            centroids.numpy())
+
+
+def _cluster_examples(pool: np.ndarray, assign: np.ndarray, centroids: np.ndarray) -> list[np.ndarray]:
+    """Per cluster, the indices (into the pool sample) of its :data:`EXAMPLES` samples nearest its centroid."""
+    out = []
+    for j, c in enumerate(centroids):
+        members = np.flatnonzero(assign == j)
+        out.append(members[np.argsort(((pool[members] - c) ** 2).sum(1), kind="stable")[:EXAMPLES]])
+    return out
+
+
+def _cluster_coverage(assign: np.ndarray, sel_assign: np.ndarray, k: int) -> str:
+    pool_share = np.bincount(assign, minlength=k) / len(assign)
+    sel_share = np.bincount(sel_assign, minlength=k) / len(sel_assign)
+    order = np.argsort(-pool_share, kind="stable")
     fig, ax = _figure(f"Share of each of {k} clusters of the pool sample", (7.5, 4))
     pos = np.arange(k)
     ax.bar(pos - 0.2, pool_share[order], 0.4, label="pool sample", color="#7f7f7f")
@@ -151,6 +265,23 @@ def _cluster_coverage(pool: np.ndarray, chosen: np.ndarray, clusters: int, seed:
     ax.legend()
     empty = int((sel_share == 0).sum())
     return _section("Cluster coverage", _png(fig), f"{empty} of {k} clusters have no selected sample.")
+
+
+def _cluster_gallery(examples, pool_rows, assign, sel_assign, sel_rows, sel: Selection, thumbs: _Thumbnails) -> str:
+    """Each cluster of the pool sample, largest first: its most central images and its selected ones."""
+    if not thumbs.uri_of:
+        return ""
+    sizes = np.bincount(assign, minlength=len(examples))
+    parts = []
+    for j in np.argsort(-sizes, kind="stable"):
+        chosen = np.flatnonzero(sel_assign == j)
+        pool_figs = "".join(thumbs.figure(pool_rows[i], "pool sample") for i in examples[j])
+        sel_figs = "".join(thumbs.figure(sel_rows[i], f"{i}. {sel.ids[i]}") for i in chosen if i < GALLERY)
+        parts.append(f"<div class='cluster'><h3>Cluster {j}: {sizes[j]} of {len(assign)} pool samples, "
+                     f"{len(chosen)} selected</h3><div class='grid'>{pool_figs}</div>"
+                     + (f"<p>selected:</p><div class='grid'>{sel_figs}</div>" if sel_figs else "") + "</div>")
+    return "<h2>Clusters with examples</h2><p>The images nearest each cluster's centre, then those selected.</p>" \
+        + "".join(parts)
 
 
 def _class_balance(store: EmbeddingStore, sel_rows) -> str:

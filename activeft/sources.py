@@ -3,9 +3,9 @@
 Both become one Arrow table with ``id`` and ``uri`` (strings), an optional ``label`` and any
 pass-through columns, sorted by ``id``. A prefix is listed recursively and only image
 extensions are taken; the id is the key relative to the prefix. A manifest (``.csv`` or
-``.parquet``) needs a ``uri`` column; ``id`` defaults to the uri, and relative uris are
-resolved against the manifest's own directory. For very large pools a manifest is the
-recommended source: listing billions of keys is slow.
+``.parquet``) needs a ``uri`` column; ``id`` defaults to the uri, relative uris are resolved
+against the manifest's own directory, and ``file://`` URIs become local paths. For very large
+pools a manifest is the recommended source: listing billions of keys is slow.
 """
 
 from __future__ import annotations
@@ -66,8 +66,20 @@ def _read_manifest(source: str) -> pa.Table:
         raise SourceError(f"manifest {source} has {len(dupes)} duplicate ids "
                           f"(e.g. {', '.join(map(repr, dupes[:3]))})")
     base = source.rsplit("/", 1)[0] if "/" in source else "."
-    uris = [u if storage.is_remote(u) or u.startswith("/") else storage.join(base, u)
-            for u in table.column("uri").to_pylist()]
+    uris = [_resolve_uri(u, base) for u in table.column("uri").to_pylist()]
     table = table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
     order = ["id", "uri"] + [c for c in table.column_names if c not in ("id", "uri")]
     return table.select(order)
+
+
+def _resolve_uri(uri: str, base: str) -> str:
+    """A manifest's uri as a readable URI: remote and absolute ones as given, ``file:///a/b.png`` as
+    ``/a/b.png``, relative ones under the manifest's directory ``base``."""
+    if uri.startswith("file:"):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]
+        if path.startswith("localhost/"):
+            path = path[len("localhost"):]
+        return storage.absolute(path)
+    if storage.is_remote(uri) or uri.startswith("/"):
+        return uri
+    return storage.join(base, uri) if storage.is_remote(base) else storage.absolute(storage.join(base, uri))

@@ -6,14 +6,22 @@ from the standard environment / IAM chain (``AWS_ENDPOINT_URL`` etc.) and are ne
 
 Writes are atomic for readers: on a local disk a file is written under a temporary name and
 renamed; on an object store it is buffered and sent as one upload, which appears whole or not at all.
+
+An object store that cannot be reached (or refuses a request) after its client's own retries
+raises :class:`StorageUnavailable`, one line naming the URI and the reason. Small records that
+several runs may race for (a stage's lease) use the conditional operations :func:`read_versioned`,
+:func:`write_if` and :func:`delete_if`: S3's ``If-None-Match`` / ``If-Match`` requests, or a
+``flock``-guarded compare-and-swap on a local disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -21,11 +29,51 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ActiveftError, StoreError
+from .errors import ActiveftError, ParameterError, StoreError
+
+
+class StorageUnavailable(StoreError):
+    """An object store could not be reached, or refused a request, after its client's retries."""
+
+
+class Conflict(Exception):
+    """A conditional write or delete lost: the object appeared or changed since it was read."""
 
 
 def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def _reason(e: BaseException) -> str:
+    """The useful part of an object-store error: pyarrow's "When ... in bucket 'b': " prefix dropped."""
+    text = _first_line(e)
+    return re.sub(r"^When [^:]*?(in bucket '[^']*')?: ", "", text)
+
+
+def _endpoint() -> str:
+    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return re.sub(r"//[^/@]*@", "//", url) if url else "the default endpoint"  # never a password
+
+
+@contextlib.contextmanager
+def _remote_errors(uri: str):
+    """Turn an object store's failure (after the client's retries) into one :class:`StorageUnavailable`
+    line naming the URI; a missing object stays ``FileNotFoundError``, local errors pass through."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, StorageUnavailable, Conflict):
+        raise
+    except Exception as e:
+        store_error = isinstance(e, (OSError, pa.ArrowException)) or \
+            type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")
+        if not (is_remote(uri) and store_error):
+            raise
+        reason = _reason(e)
+        if re.search(r"NETWORK_CONNECTION|Could not connect|Couldn't connect|EndpointConnectionError|"
+                     r"Connect timeout|Connection refused|timed out", reason + type(e).__name__):
+            raise StorageUnavailable(f"cannot reach the object store for {uri} at {_endpoint()} "
+                                     f"(after retries): {reason}") from e
+        raise StorageUnavailable(f"object store request for {uri} failed: {reason}") from e
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,11 +104,40 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def absolute(uri: str) -> str:
-    """``uri`` with a local path made absolute (Ray workers do not share the driver's cwd)."""
-    uri = str(uri).rstrip("/") or "/"
-    if is_remote(uri):
-        return uri
+    """``uri`` with a local path made absolute (Ray workers do not share the driver's cwd).
+
+    An empty string is an error, never the current directory or ``/``.
+    """
+    text = str(uri).strip()
+    if not text:
+        raise ParameterError("an empty path was given where a directory, file or URI is needed")
+    if is_remote(text):
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}"
+    uri = text.rstrip("/") or "/"
     return os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
+
+
+def is_root(uri: str) -> bool:
+    """True for a filesystem root: ``/`` (or a drive), ``s3://``, or a bucket's root ``s3://bucket``."""
+    if is_remote(uri):
+        rest = str(uri).split("://", 1)[1].strip("/")
+        return "/" not in rest
+    path = absolute(uri)
+    return os.path.dirname(path) == path
+
+
+def output_uri(uri, what: str = "output") -> str:
+    """An output's absolute URI; empty outputs and filesystem roots are refused (nothing is written
+    there, and nothing there is ever replaced)."""
+    text = "" if uri is None else str(uri).strip()
+    if not text:
+        raise ParameterError(f"{what} is empty; give a directory or prefix to write to")
+    full = absolute(text)
+    if is_root(full):
+        raise ParameterError(f"{what} {text!r} is the root of a filesystem ({full}); give a directory or "
+                             "prefix below it")
+    return full
 
 
 def join(uri: str, *parts: str) -> str:
@@ -69,8 +146,9 @@ def join(uri: str, *parts: str) -> str:
 
 
 def info(uri: str) -> pafs.FileInfo:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path)
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        return fs.get_file_info(path)
 
 
 def exists(uri: str) -> bool:
@@ -83,8 +161,9 @@ def is_file(uri: str) -> bool:
 
 def list_files(uri: str, recursive: bool = True) -> list[tuple[str, str]]:
     """``(relative key, uri)`` of every file under ``uri``, sorted by key."""
-    fs, root = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=recursive, allow_not_found=True))
+    with _remote_errors(uri):
+        fs, root = resolve(uri)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=recursive, allow_not_found=True))
     base = root.rstrip("/") + "/"
     out = []
     for i in infos:
@@ -96,28 +175,41 @@ def list_files(uri: str, recursive: bool = True) -> list[tuple[str, str]]:
 
 def has_entries(uri: str) -> bool:
     """True when ``uri`` is a file or a directory with anything in it."""
-    fs, path = resolve(uri)
-    i = fs.get_file_info(path)
-    if i.type == pafs.FileType.File:
-        return True
-    if i.type != pafs.FileType.Directory:
-        return False
-    return bool(fs.get_file_info(pafs.FileSelector(path, recursive=False)))
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        i = fs.get_file_info(path)
+        if i.type == pafs.FileType.File:
+            return True
+        if i.type != pafs.FileType.Directory:
+            return False
+        return bool(fs.get_file_info(pafs.FileSelector(path, recursive=False)))
 
 
 def makedirs(uri: str) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        fs.create_dir(path, recursive=True)
 
 
 def delete(uri: str) -> None:
     """Remove a file or a directory tree; a missing path is fine."""
-    fs, path = resolve(uri)
-    i = fs.get_file_info(path)
-    if i.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif i.type == pafs.FileType.File:
-        fs.delete_file(path)
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        i = fs.get_file_info(path)
+        if i.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif i.type == pafs.FileType.File:
+            fs.delete_file(path)
+
+
+def move(src: str, dst: str) -> None:
+    """Move one file (a rename on a local disk; copy and delete on an object store), replacing ``dst``."""
+    with _remote_errors(src):
+        fs, path = resolve(src)
+        _, target = resolve(dst)
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        fs.move(path, target)
 
 
 def check_writable(uri: str) -> None:
@@ -149,7 +241,7 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
     else:  # buffered: closing an object-store stream completes the upload, also after a failed write
         buffer = pa.BufferOutputStream()
         yield buffer
-        with fs.open_output_stream(path) as f:
+        with _remote_errors(uri), fs.open_output_stream(path) as f:
             f.write(buffer.getvalue())
 
 
@@ -159,9 +251,10 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = resolve(uri)
-    with fs.open_input_file(path) as f:
-        return f.read()
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        with fs.open_input_file(path) as f:
+            return f.read()
 
 
 def write_json(uri: str, obj) -> None:
@@ -177,9 +270,28 @@ def write_parquet(uri: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
+def write_csv(uri: str, table: pa.Table) -> None:
+    """Write ``table`` as CSV for people to open in a spreadsheet: a text cell starting with ``=``,
+    ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'`` (OWASP's CSV-injection rule),
+    so no cell runs as a formula."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    columns = []
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            risky = pc.fill_null(pc.match_substring_regex(col, r"^[=+\-@\t\r]"), False)
+            col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
+        columns.append(col)
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(pa.table(columns, names=table.column_names), buf)
+    write_bytes(uri, buf.getvalue().to_pybytes())
+
+
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    fs, path = resolve(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    with _remote_errors(uri):
+        fs, path = resolve(uri)
+        return pq.read_table(path, filesystem=fs, columns=columns)
 
 
 def read_table(uri: str) -> pa.Table:
@@ -200,6 +312,126 @@ def read_table(uri: str) -> pa.Table:
         return read_parquet(uri)
     except pa.ArrowException as e:
         raise ActiveftError(f"cannot read table {uri}: {_first_line(e)}") from e
+
+
+# ---- conditional operations: the records several runs may race for ----------------------------------------------
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _local_lock(path: str):
+    """An exclusive ``flock`` on ``path + ".lock"`` (released by the kernel if the process dies)."""
+    import fcntl
+
+    lock = path + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held, now = os.fstat(fd), os.stat(lock) if os.path.exists(lock) else None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+            break
+        os.close(fd)  # the lock file was removed while we waited: take the new one
+    try:
+        yield lock
+    finally:
+        os.close(fd)
+
+
+def _s3(uri: str):
+    """``(s3fs filesystem, bucket, key)`` for an ``s3://`` URI."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    bucket, key, _ = fs.split_path(uri)
+    return fs, bucket, key
+
+
+def read_versioned(uri: str) -> tuple[bytes, str] | None:
+    """``(content, version)`` of a small object, or None when it does not exist. The version is
+    what :func:`write_if` and :func:`delete_if` compare against (S3: the ETag)."""
+    with _remote_errors(uri):
+        if str(uri).startswith("s3://"):
+            from fsspec.asyn import sync
+
+            fs, bucket, key = _s3(uri)
+
+            async def get():
+                r = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+                body = r["Body"]
+                try:
+                    return await body.read(), r["ETag"]
+                finally:
+                    body.close()
+
+            try:
+                return sync(fs.loop, get)
+            except FileNotFoundError:
+                return None
+        try:
+            data = read_bytes(uri)
+        except FileNotFoundError:
+            return None
+        return data, _version(data)
+
+
+def write_if(uri: str, data: bytes, version: str | None) -> str:
+    """Write ``data`` only if the object is absent (``version=None``) or still at ``version``; return
+    the new version. Raises :class:`Conflict` otherwise. Atomic on S3 (conditional PUT) and on a
+    local disk (``flock``); on other filesystems a best effort (check, then write)."""
+    with _remote_errors(uri):
+        if str(uri).startswith("s3://"):
+            fs, bucket, key = _s3(uri)
+            cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+            try:
+                return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **cond)["ETag"]
+            except (FileExistsError, FileNotFoundError) as e:
+                raise Conflict(str(uri)) from e
+            except OSError as e:
+                if "condition" in str(e).lower():
+                    raise Conflict(str(uri)) from e
+                raise
+        fs, path = resolve(uri)
+        lock = _local_lock(path) if isinstance(fs, pafs.LocalFileSystem) else contextlib.nullcontext()
+        with lock:
+            current = read_versioned(uri)
+            if (current is None) != (version is None) or (current is not None and current[1] != version):
+                raise Conflict(str(uri))
+            write_bytes(uri, data)
+        return _version(data)
+
+
+def delete_if(uri: str, version: str) -> bool:
+    """Delete the object if it is still at ``version``; False when it changed or is gone."""
+    with _remote_errors(uri):
+        if str(uri).startswith("s3://"):
+            fs, bucket, key = _s3(uri)
+            try:
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+                return True
+            except (FileNotFoundError, OSError) as e:
+                if isinstance(e, FileNotFoundError) or "condition" in str(e).lower():
+                    return False
+                raise
+        fs, path = resolve(uri)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        if local and not os.path.exists(path):
+            return False  # (without creating a lock file where nothing is left)
+        with _local_lock(path) if local else contextlib.nullcontext() as lock:
+            current = read_versioned(uri)
+            if current is None or current[1] != version:
+                return False
+            delete(uri)
+            if lock:
+                os.unlink(lock)  # waiters notice the removed lock file and retry
+        return True
 
 
 def _first_line(e: BaseException) -> str:

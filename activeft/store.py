@@ -8,8 +8,9 @@ Layout (a directory or object-store prefix)::
     _manifest.json       written last; a store without it is incomplete
     _work/               bookkeeping of an unfinished or resumable embed run
 
-Readers always get float32, whatever the storage dtype. Rows have a global order (manifest
-shard order, then row order), which is what "row i" means to every pool algorithm.
+Readers get float32, whatever the storage dtype, unless they ask for the stored float16. Rows
+have a global order (manifest shard order, then row order), which is what "row i" means to every
+pool algorithm.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def embedding_array(x: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListAr
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=DTYPES[dtype]), x.shape[1])
 
 
-def embedding_matrix(column) -> np.ndarray:
-    """Arrow ``fixed_size_list`` (or list) column -> ``(N, D)`` float32 numpy."""
+def embedding_matrix(column, dtype: str = "float32") -> np.ndarray:
+    """Arrow ``fixed_size_list`` (or list) column -> ``(N, D)`` numpy of ``dtype``."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     n = len(column)
@@ -56,7 +57,7 @@ def embedding_matrix(column) -> np.ndarray:
             raise StoreError(f"embeddings have mixed lengths {sorted(set(lengths.tolist()))[:5]}")
         dim = int(lengths[0]) if n else 0
     values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.array(values, dtype=np.float32).reshape(n, dim)  # a writable copy, not a view of Arrow memory
+    return np.array(values, dtype=np.dtype(dtype)).reshape(n, dim)  # a writable copy, not a view of Arrow memory
 
 
 class EmbeddingStore:
@@ -76,6 +77,9 @@ class EmbeddingStore:
     def __init__(self, uri: str):
         self.uri = storage.absolute(uri)
         if not storage.exists(storage.join(self.uri, MANIFEST)):
+            if storage.is_file(self.uri):
+                raise StoreError(f"embedding store {self.uri} is a file, not a store directory; give the directory "
+                                 "`activeft embed` (or `activeft import-embeddings`) wrote")
             what = "does not exist" if not storage.exists(self.uri) else "is incomplete (no _manifest.json)"
             raise StoreError(f"embedding store {self.uri} {what}; run `activeft embed` "
                              "(or `activeft import-embeddings`), or finish it with --resume")
@@ -99,6 +103,11 @@ class EmbeddingStore:
     @property
     def model(self) -> str | None:
         return self.manifest.get("backbone", {}).get("model")
+
+    @property
+    def dtype(self) -> str:
+        """Storage dtype of the embeddings: ``float32`` or ``float16``."""
+        return self.manifest.get("dtype", "float32")
 
     @property
     def columns(self) -> list[str]:
@@ -139,16 +148,17 @@ class EmbeddingStore:
                 raise StoreError(f"shard {uri} has embedding type {t}, the store's dim is {self.dim}")
         return table
 
-    def embeddings(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 ``(rows, dim)`` of rows ``start:stop``; NaN or inf is an error naming the first bad row."""
-        return self._finite(self.read(start, stop, ["id", "embedding"]))
+    def embeddings(self, start: int = 0, stop: int | None = None, dtype: str = "float32") -> np.ndarray:
+        """``(rows, dim)`` of rows ``start:stop`` as ``dtype`` (``float32``, or the store's ``float16``
+        without conversion); NaN or inf is an error naming the first bad row."""
+        return self._finite(self.read(start, stop, ["id", "embedding"]), dtype)
 
     def embeddings_at(self, rows) -> np.ndarray:
         """float32 ``(len(rows), dim)`` of global ``rows``, in that order; checked as :meth:`embeddings`."""
         return self._finite(self.take(rows, ["id", "embedding"]))
 
-    def _finite(self, table: pa.Table) -> np.ndarray:
-        x = embedding_matrix(table.column("embedding"))
+    def _finite(self, table: pa.Table, dtype: str = "float32") -> np.ndarray:
+        x = embedding_matrix(table.column("embedding"), dtype)
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             i = int(np.argmax(bad))

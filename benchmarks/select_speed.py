@@ -1,17 +1,28 @@
-"""Selection speed and memory, as ratios against baselines measured in the same process.
+"""Selection speed on CPU or CUDA, each number a ratio against a baseline timed in the same process.
 
-1. ActiveFT seconds per iteration (``loss_and_grad`` + Adam step) against the floor: the time of
-   the one N x D @ D x B matmul each step needs (computed in row chunks, output discarded),
-   for N from 10k to 1M, D = 384, B = 1% of N. Times are the best of a few iterations (this VM's
-   timings move by ~15% from run to run).
-2. Against a faithful port of the official loop (``tests/reference.py``: dense N x B
-   similarity, full autograd), same data and initial centroids: speed-up and peak-memory ratio
-   (peak RSS above the data, from /proc/self/status VmHWM after resetting it).
-3. k-means seconds per iteration against ``faiss.Kmeans`` on the same data and initial centroids.
-4. Wall time of ``activeft.select`` with 2 Ray Train workers against 1 in-process worker.
+Parts (``--only``, comma-separated; default all but ``ray``):
 
-    python benchmarks/select_speed.py            # all four
-    python benchmarks/select_speed.py --only 2   # one part
+- ``step``: the ActiveFT whole-pool step (``loss_and_grad`` + Adam) in each precision against the
+  matmul floor: the one N x D @ D x B product in that precision (row chunks, output discarded).
+  Also how many (row, centroid) pairs the step re-scored exactly and how many rows it searched
+  again (:mod:`activeft.engine.search`): the price of the precision's error band on this data.
+- ``minibatch``: the step on a ``--minibatch`` row sample against the official dense step on the
+  same rows (``tests/reference.py``: N x B similarity, autograd, Adam), and the peak memory of both.
+- ``lloyd``: one k-means Lloyd iteration (``engine.lloyd``, k = ``--k``) against a plain torch
+  Lloyd step (chunked matmul, arg-max, ``index_add_``) in the same precision and, on CPU when
+  faiss imports, against one ``faiss.Kmeans`` iteration; same data and initial centroids.
+- ``seeding``: k-means|| seeding at k = ``--k``, and k-means++ at k = ``--pp-k`` (one pass per
+  seed: its time per seed, times k, is what k-means++ would take at k).
+- ``select``: ``activeft.select`` end to end (``--iterations``, mapping, coverage; one worker, in
+  process, no Ray) on a store of ``--select-n`` rows (float16 on CUDA).
+- ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
+
+Data: unit vectors around 100 centres with isotropic noise (so a row's nearest centroids are
+nearly equidistant: a hard case for reduced precision). Times are the best of a few runs.
+
+    python benchmarks/select_speed.py --device cuda --json select.json     # N 1.28M, D 384, B 12,800
+    python benchmarks/select_speed.py --device cpu --threads 1 --n 100000 --b 1000 --k 1000 \\
+        --minibatch 50000 --select-n 20000 --pp-k 20 --json select-cpu.json
 """
 
 from __future__ import annotations
@@ -21,20 +32,36 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
+import traceback
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from activeft.engine import Collectives, Pool, chunk_rows
+from activeft.engine import Collectives, FlatIndex, Pool, chunk_rows, default_precision, lloyd, sample_rows
+from activeft.engine.kmeans import kmeans_parallel, kmeans_plusplus
+from activeft.engine.search import products, resolve_precision
 from activeft.select.activeft import loss_and_grad
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from reference import official_loss  # noqa: E402  (the test oracle)
 
+TARGETS = {  # (part, key) -> (device, test on the row, text)
+    ("step", "tf32"): ("cuda", lambda r: r["ours_s"] <= 0.060, "<= 60 ms on an H200"),
+    ("step", "bf16"): ("cuda", lambda r: r["ours_s"] <= 0.035, "<= 35 ms on an H200"),
+    ("step", "fp32"): ("cpu", lambda r: r["ratio"] <= 1.2 if r["N"] >= 100_000 else None, "<= 1.2x floor at N >= 100k"),
+    ("minibatch", None): (None, lambda r: r["speedup"] >= 3 if r["M"] >= 100_000 else None,
+                          ">= 3x faster than official at M = 100k"),
+    ("lloyd", "plain"): ("cuda", lambda r: r["ratio_to_plain"] <= 1.3, "<= 1.3x plain torch step"),
+    ("lloyd", "faiss"): ("cpu", lambda r: r["ratio_to_faiss"] <= 1.2, "<= 1.2x faiss.Kmeans"),
+    ("seeding", None): ("cuda", lambda r: r["kmeans_parallel_s"] < 5, "< 5 s at k = 12,800"),
+    ("select", None): ("cuda", lambda r: r["wall_s"] < 30, "< 30 s end to end"),
+}
 
-def data(n: int, d: int = 384, seed: int = 0) -> torch.Tensor:
+
+def data(n: int, d: int, seed: int = 0) -> torch.Tensor:
     """Unit vectors around 100 cluster centres (a feature space with structure, like real embeddings)."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(100, d, generator=g) * 2
@@ -42,158 +69,305 @@ def data(n: int, d: int = 384, seed: int = 0) -> torch.Tensor:
     return F.normalize(x, dim=1)
 
 
-def floor_seconds(x, c, repeats=2) -> float:
-    step = chunk_rows(len(c))
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
-        for lo in range(0, len(x), step):
-            x[lo:lo + step] @ c.T
+        fn()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
 
-def ours_seconds(x, theta, iterations=3) -> float:
-    """Best time of one iteration (loss_and_grad + Adam step) over ``iterations``, after a warm-up."""
+def floor_seconds(x, c, precision, device) -> float:
+    """The one N x D @ D x B product in ``precision`` (operands converted beforehand), chunked."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    xp, cp = x.to(dtype), c.to(dtype)
+    step = chunk_rows(len(c), 2 if precision == "bf16" else 4, device)
+
+    def run():
+        for lo in range(0, len(xp), step):
+            products(xp[lo:lo + step], cp, precision)
+    return best_time(run, device)
+
+
+def step_seconds(pool, theta, rows=None, n=None, repeats=3) -> float:
+    """Best time of one ActiveFT iteration (loss_and_grad + Adam step)."""
     theta = torch.nn.Parameter(theta.clone())
     opt = torch.optim.Adam([theta], lr=1e-3)
-    pool, empty = Pool(x, 0, len(x)), x[:0]
-    loss_and_grad(pool, Collectives(), theta.detach(), empty, None, len(x), 0.07, 1.0)  # warm-up
-    best = float("inf")
-    for _ in range(iterations):
-        t = time.perf_counter()
-        _, theta.grad = loss_and_grad(pool, Collectives(), theta.detach(), empty, None, len(x), 0.07, 1.0)
+    empty = theta.new_zeros((0, theta.shape[1]))
+
+    def run():
+        _, theta.grad = loss_and_grad(pool, Collectives(), theta.detach(), empty, rows, n or pool.size, 0.07, 1.0)
         opt.step()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_time(run, pool.device, repeats)
 
 
-def official_seconds(x, theta, iterations=3, anomaly=False) -> float:
-    """Best time of one iteration of the official loop (loss, backward, Adam step)."""
+def official_seconds(x, theta, repeats=3) -> float:
+    """Best time of one iteration of the official loop (loss, backward, Adam step) on ``x``."""
     theta = torch.nn.Parameter(theta.clone())
     opt = torch.optim.Adam([theta], lr=1e-3)
-    best = float("inf")
-    with torch.autograd.set_detect_anomaly(anomaly):
-        for _ in range(iterations):
-            t = time.perf_counter()
-            loss = official_loss(x, theta, 0.07, 1.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            best = min(best, time.perf_counter() - t)
-    return best
+
+    def run():
+        loss = official_loss(x, theta, 0.07, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return best_time(run, x.device, repeats)
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
-
-
-def peak_bytes(fn) -> int:
-    """Peak resident memory that ``fn`` adds above the current resident set (after handing freed heap
-    memory back to the OS, or ``fn`` would reuse pages an earlier run left resident and show ~0)."""
+def peak_bytes(fn, device) -> int:
+    """Peak memory ``fn`` adds: CUDA allocator peak, or VmHWM above the resident set on CPU (after
+    handing freed heap back to the OS, or ``fn`` would reuse resident pages and show ~0)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     import ctypes
 
+    def rss(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    base = _rss("VmRSS:")
+    base = rss("VmRSS:")
     fn()
-    return _rss("VmHWM:") - base
+    return rss("VmHWM:") - base
 
 
-def part1(sizes):
+def part_step(a, x, theta):
     rows = []
-    for n in sizes:
-        x = data(n)
-        b = max(1, n // 100)
-        theta = x[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:b]].clone()
-        floor = floor_seconds(x, F.normalize(theta, dim=1))
-        ours = ours_seconds(x, theta, iterations=3 if n <= 200_000 else 2)
-        rows.append({"N": n, "B": b, "floor_s": round(floor, 3), "ours_s_per_iter": round(ours, 3),
-                     "ratio_to_floor": round(ours / floor, 2)})
+    for precision in a.precisions:
+        pool = Pool(x, 0, len(x), precision)
+        floor = floor_seconds(x, F.normalize(theta, dim=1), precision, x.device)
+        ours = step_seconds(pool, theta, repeats=a.repeats)
+        index = FlatIndex(F.normalize(theta, dim=1), "ip", precision=precision)
+        index.search(x, scores=False)
+        rows.append({"precision": precision, "N": len(x), "D": x.shape[1], "B": len(theta), "floor_s": floor,
+                     "ours_s": ours, "ratio": ours / floor, "rescored_pairs_per_row": index.rescored / len(x),
+                     "rows_searched_again": index.deeper / len(x)})
         print(json.dumps(rows[-1]), flush=True)
-        del x
     return rows
 
 
-def part2(n=200_000, b=2_000):
-    x = data(n)
-    theta = x[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:b]].clone()
-    ours_s = ours_seconds(x, theta)
-    off_s = official_seconds(x, theta)
-    off_anomaly_s = official_seconds(x, theta, iterations=2, anomaly=True)
-    ours_mem = peak_bytes(lambda: ours_seconds(x, theta, iterations=2))
-    off_mem = peak_bytes(lambda: official_seconds(x, theta, iterations=2))
-    row = {"N": n, "B": b, "ours_s_per_iter": round(ours_s, 3), "official_s_per_iter": round(off_s, 3),
-           "official_with_anomaly_detection_s_per_iter": round(off_anomaly_s, 3),
-           "speedup": round(off_s / ours_s, 2), "speedup_vs_script_with_anomaly": round(off_anomaly_s / ours_s, 2),
-           "ours_peak_mb": round(ours_mem / 2**20), "official_peak_mb": round(off_mem / 2**20),
-           "memory_ratio": round(off_mem / max(ours_mem, 1), 1)}
+def part_minibatch(a, x, theta):
+    m = min(a.minibatch, len(x))
+    rows = sample_rows(len(x), m, torch.Generator().manual_seed(3)).to(x.device)
+    pool = Pool(x, 0, len(x))
+    ours = step_seconds(pool, theta, rows, m, a.repeats)
+    official = official_seconds(x[rows], theta, a.repeats)
+    ours_mem = peak_bytes(lambda: step_seconds(pool, theta, rows, m, 1), x.device)
+    official_mem = peak_bytes(lambda: official_seconds(x[rows], theta, 1), x.device)
+    row = {"M": m, "B": len(theta), "precision": resolve_precision(None, x.device), "ours_s": ours,
+           "official_s": official, "speedup": official / ours, "ours_peak_mb": ours_mem / 2**20,
+           "official_peak_mb": official_mem / 2**20, "memory_ratio": official_mem / max(ours_mem, 1)}
     print(json.dumps(row), flush=True)
     return row
 
 
-def part3(n=200_000, k=1_000, iterations=10):
-    import faiss
+def plain_lloyd_step(x, c, precision):
+    """The 8-line torch Lloyd step: nearest centroid by one matmul and arg-max, sums by index_add_."""
+    half_norm = (c * c).sum(1) / -2
+    sums, counts = torch.zeros_like(c), torch.zeros(len(c), device=c.device)
+    step = chunk_rows(len(c), 4, x.device)
+    for lo in range(0, len(x), step):
+        a = products(x[lo:lo + step], c, precision, half_norm).argmax(1)
+        sums.index_add_(0, a, x[lo:lo + step])
+        counts += torch.bincount(a, minlength=len(c))
+    return sums / counts.clamp(min=1)[:, None]
 
-    from activeft.engine import lloyd
 
-    x = data(n)
-    init = x[torch.randperm(n, generator=torch.Generator().manual_seed(2))[:k]].clone()
-    km = faiss.Kmeans(x.shape[1], k, niter=iterations, max_points_per_centroid=10**7, seed=1)
-    t = time.perf_counter()
-    km.train(x.numpy(), init_centroids=init.numpy().copy())
-    faiss_s = (time.perf_counter() - t) / iterations
-    t = time.perf_counter()
-    _, history = lloyd(Pool(x, 0, n), Collectives(), init, iterations, 0.0, torch.Generator())
-    ours_s = (time.perf_counter() - t) / len(history)
-    row = {"N": n, "k": k, "faiss_s_per_iter": round(faiss_s, 3), "ours_s_per_iter": round(ours_s, 3),
-           "ratio": round(ours_s / faiss_s, 2), "faiss_final_obj": float(km.obj[-1]), "ours_final_inertia": history[-1]}
+def part_lloyd(a, x):
+    k, iterations = a.k, a.lloyd_iterations
+    init = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(2))[:k]].clone()
+    rows = []
+    for precision in dict.fromkeys([resolve_precision(None, x.device), "fp32"]):
+        pool = Pool(x, 0, len(x), precision)
+        ours = best_time(lambda p=pool: lloyd(p, Collectives(), init, iterations, 0.0, torch.Generator()), x.device,
+                         repeats=2) / iterations
+        plain = best_time(lambda p=precision: plain_lloyd_step(x, init, p), x.device, repeats=2 * iterations)
+        row = {"precision": precision, "N": len(x), "k": k, "ours_s_per_iter": ours, "plain_s_per_iter": plain,
+               "ratio_to_plain": ours / plain}
+        if x.device.type == "cpu" and precision == "fp32":
+            try:
+                import faiss
+            except ImportError:
+                row["faiss"] = "not installed"
+            else:
+                def train():
+                    km = faiss.Kmeans(x.shape[1], k, niter=iterations, max_points_per_centroid=10**7, seed=1)
+                    km.train(x.numpy(), init_centroids=init.numpy().copy())
+                row["faiss_s_per_iter"] = best_time(train, x.device, repeats=2, warmup=0) / iterations
+                row["ratio_to_faiss"] = ours / row["faiss_s_per_iter"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def part_seeding(a, x):
+    pool = Pool(x, 0, len(x))
+    parallel = best_time(lambda: kmeans_parallel(pool, Collectives(), a.k, torch.Generator().manual_seed(0)),
+                         x.device, repeats=1, warmup=0)
+    pp = best_time(lambda: kmeans_plusplus(pool, Collectives(), a.pp_k, torch.Generator().manual_seed(0)),
+                   x.device, repeats=1, warmup=0)
+    row = {"N": len(x), "k": a.k, "precision": resolve_precision(None, x.device), "kmeans_parallel_s": parallel,
+           "kmeans_plusplus_k": a.pp_k, "kmeans_plusplus_s": pp,
+           "kmeans_plusplus_estimate_at_k_s": pp / a.pp_k * a.k, "speedup_vs_estimate": pp / a.pp_k * a.k / parallel}
     print(json.dumps(row), flush=True)
     return row
 
 
-def part4(n=100_000, b=1_000, workdir="benchmarks/_work/select"):
-    import shutil
+def part_select(a, device):
+    import activeft
 
+    n, b = a.select_n, max(1, a.b * a.select_n // a.n)
+    dtype = "float16" if device.type == "cuda" else "float32"
+    with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+        np.save(f"{d}/x.npy", data(n, a.d, seed=5).numpy())
+        with open(f"{d}/ids.txt", "w") as f:
+            f.write("\n".join(f"r{i}" for i in range(n)))
+        store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt", dtype=dtype)
+        t = time.perf_counter()
+        sel = activeft.select(store, b, method="activeft", iterations=a.iterations, use_gpu=device.type == "cuda")
+        wall = time.perf_counter() - t
+    row = {"N": n, "D": a.d, "B": b, "store_dtype": dtype, "iterations": a.iterations, "wall_s": wall,
+           "select_s": sel.info["seconds_select"], "coverage": sel.info["coverage"],
+           "coverage_random": sel.info["coverage_random"]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def part_ray(a, device):
     import ray
 
     import activeft
 
-    x = data(n, d=128).numpy()
-    shutil.rmtree(workdir, ignore_errors=True)
-    os.makedirs(workdir)
-    np.save(f"{workdir}/x.npy", x)
-    with open(f"{workdir}/ids.txt", "w") as f:
-        f.write("\n".join(f"r{i}" for i in range(n)))
-    store = activeft.import_embeddings(f"{workdir}/x.npy", f"{workdir}/store", ids=f"{workdir}/ids.txt",
-                                       partition_size=10_000)
-    ray.init(logging_level="ERROR")
-    row = {"N": n, "D": 128, "B": b, "iterations": 50}
-    for w in (1, 2):
-        t = time.perf_counter()
-        sel = activeft.select(store, b, num_workers=w, iterations=50, seed=0)
-        row[f"wall_s_{w}_workers"] = round(time.perf_counter() - t, 1)
-        row[f"select_s_{w}_workers"] = sel.info["seconds_select"]
-        row.setdefault("ids", sel.ids)
-        row["same_selection"] = row["ids"] == sel.ids
-    del row["ids"]
+    n, b = a.select_n, max(1, a.b * a.select_n // a.n)
+    with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+        np.save(f"{d}/x.npy", data(n, a.d, seed=5).numpy())
+        with open(f"{d}/ids.txt", "w") as f:
+            f.write("\n".join(f"r{i}" for i in range(n)))
+        store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
+        ray.init(logging_level="ERROR")
+        row, ids = {"N": n, "B": b, "iterations": a.iterations}, None
+        for w in (1, 2):
+            t = time.perf_counter()
+            sel = activeft.select(store, b, num_workers=w, iterations=a.iterations, use_gpu=device.type == "cuda")
+            row[f"wall_s_{w}_workers"] = time.perf_counter() - t
+            ids = ids or sel.ids
+            row["same_selection"] = ids == sel.ids
     print(json.dumps(row), flush=True)
     return row
 
 
+def table(result: dict) -> str:
+    """One line per measurement: what, seconds, baseline, ratio, target (met / missed)."""
+    device = result["device"]
+    lines = [f"{'part':<10} {'what':<44} {'seconds':>9} {'baseline':>9} {'ratio':>7}  target"]
+
+    def line(part, key, what, s, base, ratio, row):
+        dev, test, text = TARGETS.get((part, key), (None, None, ""))
+        verdict = ""
+        if test is not None and dev in (None, device):
+            ok = test(row)
+            verdict = "" if ok is None else f"{text}: {'met' if ok else 'MISSED'}"
+        lines.append(f"{part:<10} {what:<44} {s:>9.4f} {base:>9.4f} {ratio:>7.2f}  {verdict}")
+
+    for r in result.get("step", []):
+        line("step", r["precision"], f"{r['precision']} step / matmul floor (N {r['N']:,})", r["ours_s"], r["floor_s"],
+             r["ratio"], r)
+    if "minibatch" in result:
+        r = result["minibatch"]
+        line("minibatch", None, f"official step / ours (M {r['M']:,}); speed-up", r["official_s"], r["ours_s"],
+             r["speedup"], r)
+    for r in result.get("lloyd", []):
+        line("lloyd", "plain", f"{r['precision']} Lloyd / plain torch step (k {r['k']:,})", r["ours_s_per_iter"],
+             r["plain_s_per_iter"], r["ratio_to_plain"], r)
+        if "ratio_to_faiss" in r:
+            line("lloyd", "faiss", "fp32 Lloyd / faiss.Kmeans iteration", r["ours_s_per_iter"], r["faiss_s_per_iter"],
+                 r["ratio_to_faiss"], r)
+    if "seeding" in result:
+        r = result["seeding"]
+        line("seeding", None, f"k-means|| (k {r['k']:,}) / k-means++ estimate", r["kmeans_parallel_s"],
+             r["kmeans_plusplus_estimate_at_k_s"], 1 / r["speedup_vs_estimate"], r)
+    if "select" in result:
+        r = result["select"]
+        line("select", None, f"select end to end ({r['iterations']} it., N {r['N']:,}) / fit", r["wall_s"],
+             r["select_s"], r["wall_s"] / r["select_s"], r)
+    for part, error in result.get("errors", {}).items():
+        lines.append(f"{part:<10} FAILED: {error.splitlines()[-1]}")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", type=int, choices=[1, 2, 3, 4])
-    p.add_argument("--sizes", default="10000,100000,1000000")
-    args = p.parse_args()
-    print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-                      "threads": torch.get_num_threads()}))
-    parts = {1: lambda: part1([int(s) for s in args.sizes.split(",")]), 2: part2, 3: part3, 4: part4}
-    for i, fn in parts.items():
-        if args.only in (None, i):
-            fn()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", default="step,minibatch,lloyd,seeding,select")
+    p.add_argument("--n", type=int, default=1_280_000, help="pool rows")
+    p.add_argument("--d", type=int, default=384)
+    p.add_argument("--b", type=int, default=12_800, help="budget = ActiveFT centroids")
+    p.add_argument("--k", type=int, help="k-means clusters (default: --b)")
+    p.add_argument("--minibatch", type=int, default=100_000)
+    p.add_argument("--lloyd-iterations", type=int, default=3)
+    p.add_argument("--pp-k", type=int, default=500, help="k-means++ seeds timed for the per-seed rate")
+    p.add_argument("--select-n", type=int, help="rows of the end-to-end store (default: --n)")
+    p.add_argument("--iterations", type=int, default=300, help="ActiveFT iterations end to end")
+    p.add_argument("--precisions", help="comma-separated (default: fp32,tf32,bf16 on CUDA, fp32,bf16 on CPU)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workdir", default=None, help="where the end-to-end store is written (default: tmp)")
+    p.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's)")
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(a.threads)
+        except ImportError:
+            pass
+    a.k, a.select_n = a.k or a.b, a.select_n or a.n
+    a.precisions = (a.precisions.split(",") if a.precisions else
+                    ["fp32", "tf32", "bf16"] if device.type == "cuda" else ["fp32", "bf16"])
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"
+                         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+              "device": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "default_precision": default_precision(device), "command": " ".join(sys.argv), "errors": {}}
+    print(json.dumps({k: result[k] for k in ("machine", "device", "torch", "threads", "default_precision")}),
+          flush=True)
+    parts = a.only.split(",")
+    x = theta = None
+    if {"step", "minibatch", "lloyd", "seeding"} & set(parts):
+        x = data(a.n, a.d).to(device)
+        theta = x[torch.randperm(a.n, generator=torch.Generator().manual_seed(1))[:a.b].to(device)].clone()
+    runs = {"step": lambda: part_step(a, x, theta), "minibatch": lambda: part_minibatch(a, x, theta),
+            "lloyd": lambda: part_lloyd(a, x), "seeding": lambda: part_seeding(a, x),
+            "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device)}
+    for part in parts:
+        t = time.perf_counter()
+        try:
+            result[part] = runs[part]()
+        except Exception:  # noqa: BLE001  (one failed part must not lose the others' numbers)
+            result["errors"][part] = traceback.format_exc()
+            print(result["errors"][part], file=sys.stderr, flush=True)
+        result.setdefault("part_seconds", {})[part] = time.perf_counter() - t
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(result, f, indent=1)
+    print(table(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The embed stage on real image files, local and through a real S3 protocol server."""
 
+import importlib
+import json
 import os
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -273,3 +276,30 @@ def test_failed_object_store_write_leaves_no_object(bucket):
     assert not storage.exists(f"{bucket}/part-00000.parquet")
     storage.write_bytes(f"{bucket}/ok.bin", b"whole")
     assert storage.read_bytes(f"{bucket}/ok.bin") == b"whole"
+
+
+EMBED = importlib.import_module("activeft.embed")  # the module (``activeft.embed`` is the function)
+_decode_batch = EMBED.decode_batch
+
+
+def logged_decode_batch(batch, config):
+    """``decode_batch``, logging each call's rows and image column type into ``<tmp>/decode-log``."""
+    out = _decode_batch(batch, config)
+    log = batch.column("uri")[0].as_py().split("/imgs/")[0] + "/decode-log"
+    os.makedirs(log, exist_ok=True)
+    with open(f"{log}/{uuid.uuid4().hex}.json", "w") as f:
+        json.dump({"rows": batch.num_rows, "image": str(out.schema.field("image").type)}, f)
+    return out
+
+
+def test_decode_spread_over_small_blocks_whatever_the_partition_size(tmp_path, monkeypatch):
+    src = tmp_path / "imgs"
+    write_images(src, 24)
+    monkeypatch.setattr(EMBED, "decode_batch", logged_decode_batch)
+    store = activeft.embed(str(src), str(tmp_path / "store"), **TINY)  # one partition of 10,000
+    calls = [json.loads(p.read_text()) for p in (tmp_path / "decode-log").iterdir()]
+    assert sum(c["rows"] for c in calls) == 24
+    assert len(calls) >= 4 and max(c["rows"] for c in calls) <= 6  # at least two blocks per CPU (2 CPUs)
+    assert {c["image"] for c in calls} == {"ArrowTensorTypeV2(shape=(3, 32, 32), dtype=uint8)"}
+    assert [s["rows"] for s in store.manifest["shards"]] == [24]
+    assert np.abs(store.embeddings() - direct_embeddings(src, store.ids())).max() < 1e-4

@@ -234,3 +234,14 @@ def test_metrics_are_registered_and_documented():
         made = metrics._get(name)
         assert isinstance(made, ray_metrics.Counter if kind == "counter" else ray_metrics.Gauge)
         (metrics.inc if kind == "counter" else metrics.set)(name, 1.0, stage="test")
+
+
+def test_grafana_dashboard_shows_every_metric():
+    from activeft import metrics
+
+    dash = json.loads(open(os.path.join(ROOT, "cluster", "grafana-activeft.json")).read())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for name, (kind, _) in metrics.METRICS.items():  # Ray exports ray_<name>, counters with _total
+        assert f"ray_{name}{'_total' if kind == 'counter' else ''}{{" in exprs, name
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "SessionName"}
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dash["panels"])

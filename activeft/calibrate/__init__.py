@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from .. import metrics, stage, storage
 from ..engine import run
-from ..errors import LabelsError, check
+from ..errors import LabelsError
 from ..labels import check_against, class_indices, class_map, read_labels
+from ..params import BOOL, STORE, TABLE, TEXT, Rule, declared, integer, number, optional, validate
 from ..select import read_selection
 from ..store import EmbeddingStore
 from . import activedc as dc
@@ -39,6 +40,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     Parameters
     ----------
     store : str or EmbeddingStore
+        The embedding store the selection was made from.
     selection : str
         The selection directory whose ids were labeled.
     labels : str or pyarrow.Table
@@ -51,6 +53,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     xi : float, default=0.2
         Added to every entry of the cluster covariance (the official value).
     tukey_lambda : float, default=0.5
+        Tukey transform exponent (0: log).
     clusters : int, optional
         k of the k-means; default the number of labeled classes.
     samples_per_label : "auto" or int
@@ -61,8 +64,14 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
         Draws per labeled sample before it is skipped (the official code never gives up).
     kmeans_runs : int, default=10
         k-means runs (different seeds) of which the lowest inertia is kept (the code's ``nredo``).
-    num_workers, use_gpu, seed
-        As for :func:`activeft.select`; the same seed gives the same output for any number of workers.
+    num_workers : int, default=1
+        Ray Train workers (1: in this process); the same seed gives the same output for any number.
+    use_gpu : bool
+        Run on GPUs.
+    seed : int, default=0
+        Random seed.
+    overwrite : bool
+        Replace an existing calibration in ``output``.
 
     Returns
     -------
@@ -84,18 +93,8 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     >>> {s: table.column("source").to_pylist().count(s) for s in ("labeled", "pseudo")}
     {'labeled': 10, 'pseudo': 15}
     """
-    owner = "calibrate"
     start = time.perf_counter()
-    num = (int, float)
-    check(isinstance(alpha, num) and alpha >= 0, "alpha", owner, "a float >= 0", alpha)
-    check(isinstance(xi, num) and xi >= 0, "xi", owner, "a float >= 0", xi)
-    check(isinstance(tukey_lambda, num), "tukey_lambda", owner, "a float", tukey_lambda)
-    check(clusters is None or (isinstance(clusters, int) and clusters >= 1), "clusters", owner, "an int >= 1",
-          clusters)
-    check(samples_per_label == "auto" or (str(samples_per_label).isdigit() and int(samples_per_label) >= 1),
-          "samples_per_label", owner, "'auto' or an int >= 1", samples_per_label)
-    for name, value in (("max_draws", max_draws), ("kmeans_runs", kmeans_runs), ("num_workers", num_workers)):
-        check(isinstance(value, int) and value >= 1, name, owner, "an int >= 1", value)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "calibrate")
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     sel = read_selection(selection)
     table = read_labels(labels)
@@ -108,43 +107,50 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     if len(classes) < 2:
         raise LabelsError(f"the labels have a single class ({classes[0]!r}); calibration needs at least two")
     per_label = dc.samples_per_label(len(rows), len(classes)) if samples_per_label == "auto" else int(samples_per_label)
-    output = storage.absolute(output) if output is not None else None
+    output = storage.output_uri(output) if output is not None else None
     params = {"alpha": alpha, "xi": xi, "tukey_lambda": tukey_lambda, "clusters": clusters or len(classes),
               "samples_per_label": per_label, "emd_filter": emd_filter, "max_draws": max_draws,
               "kmeans_runs": kmeans_runs, "seed": seed}
     job = functools.partial(_job, rows, klass, len(classes), params)
-    with stage.removed_on_user_error(output):
-        if output is not None:
-            stage.prepare(output, "calibration", params, marker=CALIBRATION, overwrite=overwrite)
+    with stage.writing(output, "calibration", params, marker=CALIBRATION, resume=None, overwrite=overwrite) as dest:
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
                      transform=functools.partial(dc.tukey, lam=tukey_lambda))
-    pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
-    origin = [sel.ids[i] for i in result["origin"]]
-    out = pa.table({
-        "id": sel.ids + pseudo_ids,
-        "label": pa.array(label_of + [given[o] for o in origin], table.schema.field("label").type),
-        "source": ["labeled"] * len(rows) + ["pseudo"] * len(pseudo_ids),
-        "origin_id": pa.array([None] * len(rows) + origin, pa.string()),
-    })
-    metrics.inc("activeft_calibrate_pseudo_labels", len(pseudo_ids), stage="calibrate")
-    per_class = {str(c): {"labeled": int((klass == j).sum()),
-                          "pseudo": sum(given[o] == c for o in origin)} for j, c in enumerate(classes)}
-    info = {**stage.header(), "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
-            "labeled": len(rows), "pseudo": len(pseudo_ids), "per_class": per_class,
-            "skipped": result["skipped"], "draws": result["draws"], "emd_rejected": result["emd_rejected"],
-            "beta": result["beta"], "labeled_percent": result["percent"],
-            "class_cluster": {str(classes[int(c)]): k for c, k in result["class_cluster"].items()},
-            "cluster_sizes": result["cluster_sizes"], "kmeans_inertia": result["kmeans_inertia"],
-            "pseudo_label_accuracy": _diagnostic_accuracy(store, result["rows"], origin, given),
-            "seconds": round(time.perf_counter() - start, 3)}
-    if output is not None:
-        storage.write_parquet(storage.join(output, CALIBRATED), out)
-        stage.write_marker(storage.join(output, CALIBRATION), info)
+        pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
+        origin = [sel.ids[i] for i in result["origin"]]
+        out = pa.table({
+            "id": sel.ids + pseudo_ids,
+            "label": pa.array(label_of + [given[o] for o in origin], table.schema.field("label").type),
+            "source": ["labeled"] * len(rows) + ["pseudo"] * len(pseudo_ids),
+            "origin_id": pa.array([None] * len(rows) + origin, pa.string()),
+        })
+        metrics.inc("activeft_calibrate_pseudo_labels", len(pseudo_ids), stage="calibrate")
+        per_class = {str(c): {"labeled": int((klass == j).sum()),
+                              "pseudo": sum(given[o] == c for o in origin)} for j, c in enumerate(classes)}
+        info = {**stage.header(), "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
+                "labeled": len(rows), "pseudo": len(pseudo_ids), "per_class": per_class,
+                "skipped": result["skipped"], "draws": result["draws"], "emd_rejected": result["emd_rejected"],
+                "beta": result["beta"], "labeled_percent": result["percent"],
+                "class_cluster": {str(classes[int(c)]): k for c, k in result["class_cluster"].items()},
+                "cluster_sizes": result["cluster_sizes"], "kmeans_inertia": result["kmeans_inertia"],
+                "pseudo_label_accuracy": _diagnostic_accuracy(store, result["rows"], origin, given),
+                "seconds": round(time.perf_counter() - start, 3)}
+        if output is not None:
+            storage.write_parquet(dest.join(CALIBRATED), out)
+            dest.commit(info)  # files.json, then calibration.json (last), then the swap on --overwrite
     acc = info["pseudo_label_accuracy"]
     log.info("calibrate: %d labeled + %d pseudo-labeled (%d skipped) in %.1f s%s", len(rows), len(pseudo_ids),
              result["skipped"], info["seconds"], "" if acc is None else f"; pseudo-label accuracy {acc:.3f} "
              "(diagnostic, from the store's labels)")
     return out
+
+
+PARAMS = declared(calibrate, {
+    "store": STORE, "selection": TEXT, "labels": TABLE, "output": optional(TEXT), "alpha": number(0),
+    "xi": number(0), "tukey_lambda": number(), "clusters": optional(integer(1)),
+    "samples_per_label": Rule(str, lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1),
+                              "'auto' or an int >= 1", int | str),
+    "emd_filter": BOOL, "max_draws": integer(1), "kmeans_runs": integer(1), "num_workers": integer(1),
+    "use_gpu": BOOL, "seed": integer(), "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _job(rows, klass, n_classes, params, pool, comm, checkpoints) -> dict:

@@ -6,12 +6,23 @@ imports a stage.
 """
 
 from .kcenter import k_center_greedy
-from .kmeans import kmeans, kmeans_plusplus, lloyd
+from .kmeans import DEFAULT_SEEDING, SEEDINGS, kmeans, kmeans_parallel, kmeans_plusplus, lloyd, seed_rows
 from .mapping import greedy_unique
-from .pool import Collectives, Pool, TorchCollectives, all_sum, generator, log_every, merge_topk, sample_rows
+from .pool import (
+    Collectives,
+    Pool,
+    TorchCollectives,
+    all_sum,
+    generator,
+    log_every,
+    merge_topk,
+    row_uniforms,
+    sample_rows,
+)
 from .runner import Checkpoints, run
-from .search import FlatIndex, chunk_rows, nearest
+from .search import PRECISIONS, FlatIndex, chunk_rows, default_precision, exact_scores, nearest, resolve_precision
 
-__all__ = ["Pool", "Collectives", "TorchCollectives", "merge_topk", "generator", "sample_rows", "all_sum",
-           "log_every", "FlatIndex", "nearest", "chunk_rows", "kmeans", "kmeans_plusplus", "lloyd",
-           "k_center_greedy", "greedy_unique", "Checkpoints", "run"]
+__all__ = ["Pool", "Collectives", "TorchCollectives", "merge_topk", "generator", "sample_rows", "row_uniforms",
+           "all_sum", "log_every", "FlatIndex", "nearest", "exact_scores", "chunk_rows", "PRECISIONS",
+           "default_precision", "resolve_precision", "kmeans", "kmeans_plusplus", "kmeans_parallel", "seed_rows",
+           "SEEDINGS", "DEFAULT_SEEDING", "lloyd", "k_center_greedy", "greedy_unique", "Checkpoints", "run"]

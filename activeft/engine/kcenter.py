@@ -4,8 +4,8 @@ As ``farthest_distance_sample`` in the official ActiveFT code (``sample_tools/ut
 start from one random row (or from the given centres, e.g. already-labeled rows), then
 repeatedly take the row farthest (Euclidean) from everything chosen so far. Each worker keeps
 the distance of its rows to the nearest chosen centre; a step all-gathers the per-worker
-maxima (:func:`merge_topk`: ties to the smaller row) and broadcasts the winner. O(N x B x D) time, O(N) memory,
-never an N x N matrix.
+maxima (:func:`merge_topk`: ties to the smaller row) and broadcasts the winner. Distances are exact
+(:func:`~.search.exact_scores`). O(N x B x D) time, O(N) memory, never an N x N matrix.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import torch
 
 from .pool import Collectives, Pool, log_every, merge_topk, sample_rows
-from .search import nearest
+from .search import exact_scores, nearest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def k_center_greedy(pool: Pool, comm: Collectives, k: int, g: torch.Generator, i
     if len(centres) == 0:
         chosen = sample_rows(pool.size, 1, g).tolist()
         centres = torch.tensor(chosen)
-    dist = nearest(pool.x, pool.gather_rows(centres, comm), "l2")[1].to(pool.device)
+    dist = nearest(pool.x, pool.gather_rows(centres, comm), "l2", precision=pool.precision)[1].to(pool.device)
     _, local = pool.local(centres)
     dist[local] = -torch.inf  # chosen rows never again (duplicates of them stay at 0)
     every = log_every(k)
@@ -42,7 +42,7 @@ def k_center_greedy(pool: Pool, comm: Collectives, k: int, g: torch.Generator, i
         row = int(best[0, 0])
         chosen.append(row)
         c = pool.gather_rows(torch.tensor([row]), comm)
-        dist = torch.minimum(dist, ((pool.x - c) ** 2).sum(1))
+        dist = torch.minimum(dist, exact_scores(pool.x, c, None, "l2"))
         _, local = pool.local(torch.tensor([row]))
         dist[local] = -torch.inf
         if comm.rank == 0 and (len(chosen) % every == 0 or len(chosen) == k):

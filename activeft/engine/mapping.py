@@ -3,13 +3,14 @@
 The official code (``ActiveFT_CIFAR.py``, ``optimize_dist``) sorts each centroid's cosine
 similarity to all N samples and, in centroid index order, gives each centroid its most
 similar sample not taken yet, so earlier centroids win conflicts and exactly K distinct
-samples come out. Here each worker proposes its top-T candidates per centroid, the candidates
-are merged (:func:`merge_topk`: ties to the smaller row), and centroids are resolved in order; one whose
-candidates are all taken gets a deeper search of its own, with taken rows masked out.
-Only candidates scoring above every worker's T-th candidate are known to be in global order,
-so only those are used; candidate scores are recomputed row by row (BLAS results move in the
-last bit with blocking). That reproduces the sequential greedy exactly, for any number of
-workers, with memory O(K x T) instead of a K x N sort.
+samples come out. Here each worker proposes its top-T candidates per centroid (products in the
+pool's precision), the candidates are merged (:func:`merge_topk`: ties to the smaller row), and
+centroids are resolved in order; one whose candidates are all taken gets a deeper search of its
+own, with taken rows masked out. Candidates are re-scored exactly (:func:`~.search.exact_scores`),
+and only those scoring above every worker's frontier (its T-th approximate score plus the error
+bound of that precision, see :mod:`~.search`) are known to be in global order, so only those are
+used. That reproduces the sequential greedy on exact scores, for any number of workers and any
+precision, with memory O(K x T) instead of a K x N sort.
 """
 
 from __future__ import annotations
@@ -17,42 +18,47 @@ from __future__ import annotations
 import torch
 
 from .pool import Collectives, Pool, merge_topk
-from .search import chunk_rows
+from .search import band_factors, chunk_rows, exact_scores, products, resolve_precision, row_norms, topk
 
 
 def _local_topk(pool: Pool, c: torch.Tensor, t: int, taken: torch.Tensor):
-    """Top-``t`` (similarity, global row) per centroid among this worker's free rows."""
-    best_v = torch.full((len(c), 0), -torch.inf, device=pool.device)
+    """Per centroid, among this worker's free rows: the top-``t`` global rows by approximate
+    similarity, their exact similarities (-inf: none), and the frontier (module docstring)."""
+    precision = resolve_precision(pool.precision, pool.device)
+    approx = torch.full((len(c), 0), -torch.inf, device=pool.device)
     best_r = torch.empty((len(c), 0), dtype=torch.long, device=pool.device)
-    step = chunk_rows(len(c))
+    step = chunk_rows(len(c), 4, pool.device)
     with torch.no_grad():
         for lo in range(0, len(pool.x), step):
-            s = c @ pool.x[lo:lo + step].T
-            s[:, taken[lo:lo + step]] = -torch.inf
-            v, i = s.topk(min(t, s.shape[1]), dim=1)
-            v, j = torch.cat([best_v, v], 1).topk(min(t, best_v.shape[1] + v.shape[1]), dim=1)
+            s = products(c, pool.x[lo:lo + step], precision).masked_fill_(taken[None, lo:lo + step], -torch.inf)
+            v, i = topk(s, min(t, s.shape[1]))
+            approx, j = torch.cat([approx, v.float()], 1).topk(min(t, approx.shape[1] + v.shape[1]), dim=1)
             best_r = torch.cat([best_r, i + pool.offset + lo], 1).gather(1, j)
-            best_v = v
-    # re-score the candidates row by row: matmul values move in the last bit with blocking, and
-    # the greedy order must not (1 and W workers must map identically)
-    local = (best_r - pool.offset).clamp(min=0)
-    step = max(1, chunk_rows(t * c.shape[1]))
-    for lo in range(0, len(c), step):
-        exact = (pool.x[local[lo:lo + step]] * c[lo:lo + step, None, :]).sum(-1)
-        best_v[lo:lo + step] = torch.where(torch.isinf(best_v[lo:lo + step]), best_v[lo:lo + step], exact)
+        a, b = band_factors(precision, "ip", c.shape[1])
+        x_max = row_norms(pool.x).max() if len(pool.x) else 0.0
+        frontier = approx[:, -1] + (a + b) * x_max * row_norms(c)
+        if approx.shape[1] < t:  # this worker lists all its free rows
+            frontier = torch.full_like(frontier, -torch.inf)
+        # exact scores: BLAS results move in the last bit with blocking, and the greedy order must
+        # not (1 and W workers, any precision, must map identically)
+        local = (best_r - pool.offset).clamp(min=0)
+        exact = exact_scores(pool.x, c, torch.arange(len(c), device=pool.device).repeat_interleave(local.shape[1]),
+                             "ip", rows=local.flatten()).view(local.shape)
+        best_v = torch.where(torch.isinf(approx), approx, exact)
     pad = t - best_v.shape[1]
     if pad > 0:
         best_v = torch.cat([best_v, torch.full((len(c), pad), -torch.inf, device=pool.device)], 1)
         best_r = torch.cat([best_r, torch.full((len(c), pad), -1, dtype=torch.long, device=pool.device)], 1)
-    return best_v, best_r
+    return best_v, best_r, frontier
 
 
 def _candidates(pool: Pool, comm: Collectives, c: torch.Tensor, t: int, taken: torch.Tensor):
-    """Merged candidate lists of all workers, sorted by score then row, and each list's frontier:
-    the highest of the workers' t-th scores. Only candidates above it are known to be in global
-    order (a worker's unseen rows score at most its own t-th); -inf when every free row is listed."""
-    v, r = _local_topk(pool, c, t, taken)
-    frontier = comm.all_gather(v[:, -1]).max(0).values.cpu()
+    """Merged candidate lists of all workers, sorted by exact score then row, and each list's
+    frontier: the highest of the workers' frontiers. Only candidates above it are known to be in
+    global order (a worker's unlisted rows score at most its frontier); -inf when every free row
+    is listed."""
+    v, r, frontier = _local_topk(pool, c, t, taken)
+    frontier = comm.all_gather(frontier).max(0).values.cpu()
     v, r = merge_topk(v, r, comm)
     return v, r, frontier
 

@@ -22,11 +22,17 @@ import torch
 @dataclass
 class Pool:
     """This worker's rows ``x`` (L2-normalised, on the compute device): global rows
-    ``[offset, offset + len(x))`` of a pool of ``size`` rows."""
+    ``[offset, offset + len(x))`` of a pool of ``size`` rows.
+
+    ``x`` is float32, or float16 on GPU for a float16 store (half the memory; algorithms upcast a
+    chunk at a time). ``precision`` is how candidate products are computed (see
+    :mod:`activeft.engine.search`; None: by device); it changes speed, never the result.
+    """
 
     x: torch.Tensor
     offset: int
     size: int
+    precision: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +129,17 @@ def sample_rows(n: int, k: int, g: torch.Generator, exclude: torch.Tensor | None
         picked = torch.unique(torch.cat([picked, draw]))
         picked = picked[~torch.isin(picked, exclude)]
     return picked[torch.randperm(len(picked), generator=g)[:k]]
+
+
+def row_uniforms(pool: Pool, g: torch.Generator, block: int = 1 << 16) -> torch.Tensor:
+    """One uniform float64 draw per local row (on the pool's device), the same for a global row
+    whatever the sharding: block b of ``block`` global rows comes from a CPU generator seeded with
+    ``s + b``, ``s`` drawn from ``g``. Each rank generates only the blocks it holds."""
+    seed = int(torch.randint(2 ** 62, (1,), generator=g))
+    lo, hi = pool.offset, pool.offset + len(pool.x)
+    parts = [torch.rand(block, generator=torch.Generator().manual_seed(seed + b), dtype=torch.float64)
+             [max(lo - b * block, 0):hi - b * block] for b in range(lo // block, (hi + block - 1) // block)]
+    return torch.cat(parts).to(pool.device) if parts else torch.empty(0, dtype=torch.float64, device=pool.device)
 
 
 def all_sum(value: float, comm: Collectives, device) -> float:

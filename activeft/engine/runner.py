@@ -161,18 +161,22 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
     return result
 
 
-def load_pool(store, rank: int, world: int, device, transform=None) -> Pool:
+def load_pool(store, rank: int, world: int, device, transform=None, precision: str | None = None) -> Pool:
+    """Worker ``rank``'s rows of ``store`` on ``device``: float32, except that a float16 store stays
+    float16 on a GPU (twice the rows per device) unless ``transform`` (applied in float32) is given."""
     lo, hi = store.worker_range(rank, world)
-    x = torch.from_numpy(store.embeddings(lo, hi))
+    half = torch.device(device).type == "cuda" and transform is None and store.dtype == "float16"
+    x = torch.from_numpy(store.embeddings(lo, hi, dtype="float16" if half else "float32"))
     if transform is not None:
         x = transform(x)
-    return Pool(x.to(device), lo, len(store))
+    return Pool(x.to(device), lo, len(store), precision)
 
 
 def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | None = None,
-        resume: bool = False, checkpoint_every: int = 0, transform=None, fail_at: int | None = None) -> dict:
+        resume: bool = False, checkpoint_every: int = 0, transform=None, fail_at: int | None = None,
+        precision: str | None = None) -> dict:
     """Run ``job`` over ``store`` (an :class:`~activeft.store.EmbeddingStore`) on ``num_workers``
-    workers; return its result (from rank 0)."""
+    workers; return its result (from rank 0). ``precision`` is the pools' (:class:`Pool`)."""
     if num_workers > len(store):
         raise StoreError(f"{num_workers} workers for a pool of {len(store)} rows: use at most {len(store)}")
     if work is not None and not resume:
@@ -181,14 +185,14 @@ def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | 
         device = torch.device("cuda" if use_gpu else "cpu")
         if use_gpu and not torch.cuda.is_available():
             raise ActiveftError("--use-gpu given but this process sees no CUDA device")
-        pool = load_pool(store, 0, 1, device, transform)
+        pool = load_pool(store, 0, 1, device, transform, precision)
         checkpoints = LocalCheckpoints(work, checkpoint_every, fail_at) if work else Checkpoints()
         return job(pool, Collectives(), checkpoints)
     temp = None
     if work is None:  # beside the store: every worker reads it, so it is shared storage on a cluster
         work = temp = storage.join(store.uri, "_work", "runs", uuid.uuid4().hex)
     config = {"store": store.uri, "job": job, "checkpoint_every": checkpoint_every, "transform": transform,
-              "fail_at": fail_at}
+              "fail_at": fail_at, "precision": precision}
     try:
         result = train_group(worker_loop, config, num_workers=num_workers, use_gpu=use_gpu, work=work)
         error = read_checkpoint(result.checkpoint, "error.pkl")
@@ -216,7 +220,7 @@ def worker_loop(config: dict) -> None:
         return
     try:
         pool, error = load_pool(EmbeddingStore(config["store"]), rank, world, ray.train.torch.get_device(),
-                                config["transform"]), None
+                                config["transform"], config["precision"]), None
     except ActiveftError as e:
         pool, error = None, e
     errors = [e for e in comm.all_gather_object(error) if e is not None]

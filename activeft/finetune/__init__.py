@@ -32,6 +32,7 @@ from ..classifier import METRICS, Classifier, build_classifier
 from ..errors import LabelsError, ModelError, StoreError, check
 from ..heads import train_linear, train_mlp
 from ..labels import class_indices, class_map, read_labels
+from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, validate
 from ..store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,16 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
         Run directory: ``model.safetensors``, ``classes.json``, ``metrics.json``; Ray Train
         checkpoints under ``_work/``.
     mode : {"linear", "full", "lp-ft"}
+        linear: a head on the stored embeddings; full: Ray Train on the images; lp-ft: the linear
+        probe, then full.
     val : str or pyarrow.Table, optional
         Held-out ``id,label`` rows of the same store.
     val_store : str, optional
         A second store whose ``label`` column is the ground truth (e.g. an embedded test set).
-    model, pretrained : str, optional
-        Backbone for full / lp-ft; default the store's own (manifest).
+    model : str, optional
+        timm model for full / lp-ft; default the store's own (manifest).
+    pretrained : str, optional
+        Its weights: hub, none or a path; default the store's.
     epochs : int, optional
         linear: L-BFGS iterations (default 500) or MLP epochs (50); full / lp-ft: epochs (50).
     lr : float, optional
@@ -71,13 +76,21 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     weight_decay : float, optional
         linear: 1 / n (scikit-learn's C=1); full: 1e-4.
     head : {"linear", "mlp"}
+        linear mode: logistic regression ('linear') or ASVP's MLP ('mlp').
     eval_every : int, default=5
         Epochs between validations (and checkpoints) in full / lp-ft; the last epoch always.
-    num_workers, use_gpu : Ray Train workers for full / lp-ft (DDP; nccl on GPU, bf16 autocast).
+    num_workers : int, default=1
+        Ray Train workers for full / lp-ft (DDP; nccl on GPU).
+    use_gpu : bool
+        Train on GPUs (bf16 autocast).
+    seed : int, default=0
+        Random seed.
     max_failures : int, default=3
         Worker-group restarts from the last checkpoint (Ray Train ``FailureConfig``).
-    resume, overwrite : bool
-        Continue the run in ``output`` (same config), or replace it.
+    resume : bool
+        Continue the run in ``output`` (same config).
+    overwrite : bool
+        Replace an existing run in ``output``.
 
     Returns
     -------
@@ -99,14 +112,8 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     """
     owner = "finetune"
     start = time.perf_counter()
-    check(mode in MODES, "mode", owner, "one of " + ", ".join(MODES), mode)
-    check(head in ("linear", "mlp"), "head", owner, "'linear' or 'mlp'", head)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, owner)
     check(head == "linear" or mode == "linear", "head", owner, "'linear' for full and lp-ft", head)
-    for name, value in (("batch_size", batch_size), ("eval_every", eval_every), ("num_workers", num_workers)):
-        check(isinstance(value, int) and value >= 1, name, owner, "an int >= 1", value)
-    check(epochs is None or (isinstance(epochs, int) and epochs >= 1), "epochs", owner, "an int >= 1", epochs)
-    check(lr is None or lr > 0, "lr", owner, "a float > 0", lr)
-    check(weight_decay is None or weight_decay >= 0, "weight_decay", owner, "a float >= 0", weight_decay)
     check(val is None or val_store is None, "val", owner, "unset when val_store is given (pick one)", val)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     table = read_labels(train, "train")
@@ -124,9 +131,9 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
               "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
               "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
-    output = storage.absolute(output)
-    with stage.removed_on_user_error(output):
-        if stage.prepare(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite):
+    output = storage.output_uri(output)
+    with stage.writing(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite) as out:
+        if out.finished:
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(store.embeddings_at(rows))
         if mode == "linear":
@@ -148,12 +155,21 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
                 head_init = train_linear(x, torch.from_numpy(target), len(classes), weight_decay=weight_decay)
                 head_init = {k: v.detach() for k, v in head_init.state_dict().items()}
             state, history, best_epoch = fit(
-                store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, output,
+                store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, out.dir,
                 max_failures=max_failures, fail_at=_fail_at)
-        info = _finish(output, dim, classes, config, state, history, best_epoch, start)
+        info = _finish(out, dim, classes, config, state, history, best_epoch, start)
     log.info("finetune: %s on %d samples, %d classes: final val top-1 %s, best %s -> %s", mode, len(rows),
              len(classes), info["final_val_accuracy"], info["best_val_accuracy"], output)
     return info
+
+
+PARAMS = declared(finetune, {
+    "store": STORE, "train": TABLE, "output": TEXT, "mode": one_of(*MODES), "val": optional(TABLE),
+    "val_store": optional(STORE), "model": optional(TEXT), "pretrained": optional(TEXT),
+    "epochs": optional(integer(1)), "lr": optional(number(0, strict=True)), "batch_size": integer(1),
+    "weight_decay": optional(number(0)), "head": one_of("linear", "mlp"), "eval_every": integer(1),
+    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "max_failures": integer(0), "resume": BOOL,
+    "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _fit_head(x, y, n_classes, head, epochs, weight_decay, lr, seed):
@@ -244,7 +260,7 @@ def _describe_val(val, val_store):
     return None
 
 
-def _finish(output, dim, classes, config, state, history, best_epoch, start) -> dict:
+def _finish(out: stage.Output, dim, classes, config, state, history, best_epoch, start) -> dict:
     from safetensors.torch import save
 
     vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
@@ -253,8 +269,7 @@ def _finish(output, dim, classes, config, state, history, best_epoch, start) -> 
             "exported_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 3)}
     if vals:
         metrics.set("activeft_val_accuracy", vals[-1], stage="finetune")
-    storage.write_bytes(storage.join(output, "model.safetensors"), save(state))
-    storage.write_json(storage.join(output, "classes.json"), classes)
-    stage.write_marker(storage.join(output, METRICS), info)
-    return info
+    storage.write_bytes(out.join("model.safetensors"), save(state))
+    storage.write_json(out.join("classes.json"), classes)
+    return out.commit(info)  # files.json, then metrics.json (last), then the swap on --overwrite
 

@@ -47,6 +47,7 @@ from ..export import export
 from ..heads import train_mlp
 from ..labels import class_indices, class_map, read_labels
 from ..logme import logme
+from ..params import BOOL, STORE, TABLE, TEXT, Rule, declared, integer, number, one_of, optional, parsed, validate
 from ..select import select
 from ..store import EmbeddingStore
 from .strategies import STRATEGIES, strategy_job
@@ -99,6 +100,19 @@ class _Account:
         return out
 
 
+def _one_writer(fn):
+    """Hold the lease of the loop's ``state`` for the whole call: one loop writes a state at a time."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        if "state" not in kwargs:
+            return fn(*args, **kwargs)
+        state = storage.output_uri(kwargs["state"], "state")
+        with stage.lease(state, "loop"):
+            return fn(*args, **{**kwargs, "state": state})
+    return locked
+
+
+@_one_writer
 def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy: str = "margin",
          first: str = "activeft", refresh: str = "never", refresh_mode: str = "lp-ft",
          refresh_epochs: int | None = None, final: str = "auto",
@@ -113,24 +127,46 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
         The pool's embeddings (the loop's first store).
     state : str
         Directory (local or ``s3://``) of the loop's state; re-running continues it.
-    round_budget, rounds
-        Labels per round: ``"60"`` with ``rounds=5``, or ``"60,60,120"``.
-    strategy : {"margin", "entropy", "confidence", "badge", "coreset", "activeft", "random"}
-        Selection of rounds after the first.
+    round_budget : int or str
+        Labels per round: N (with ``rounds``) or ``"B1,B2,..."``.
+    rounds : int, optional
+        Number of rounds (with a single ``round_budget``).
+    strategy : str, default="margin"
+        Selection of rounds after the first: a proxy strategy (margin, entropy, confidence, badge,
+        coreset) or a selection method (activeft, random).
     first : {"activeft", "random"}
         The cold-start round.
     refresh : {"never", "at-labels:N", "logme"}
+        When to refresh the features (finetune the backbone and re-embed the pool).
     refresh_mode : {"lp-ft", "full"}
         How the backbone is finetuned for a refresh.
     refresh_epochs : int, optional
         Epochs of that finetuning (default: the finetune stage's).
     final : {"auto", "linear", "lp-ft", "full", "none"}
+        The final model: auto is LP-FT below ``final_threshold`` labels per class, full above.
+    final_threshold : int, default=100
+        Labels per class from which auto picks full finetuning.
     oracle : "store-labels", optional
         Take labels from the store's ``label`` column (benchmarks).
     labels : str, optional
-        The human-in-the-loop labels table (``id,label``) that grows round by round.
+        The human-in-the-loop labels table (``id,label``) that grows round by round; each round
+        exports its selection and stops.
     eval_store : str, optional
         A labeled store (e.g. the test set) to score a linear probe on after every round.
+    num_workers : int, default=1
+        Ray Train workers for scoring and finetuning.
+    use_gpu : bool
+        Use GPUs.
+    seed : int, default=0
+        Random seed.
+    proxy_epochs : int, default=50
+        Epochs of the proxy MLP each round.
+    label_cost : float, default=0
+        Dollars per label, for the cost account.
+    gpu_hour_cost : float, default=3
+        Dollars per GPU-hour, for the cost account.
+    cpu_hour_cost : float, default=0.05
+        Dollars per CPU-hour, for the cost account.
 
     Examples
     --------
@@ -149,15 +185,9 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     """
     owner = "loop"
     budgets = parse_budgets(round_budget, rounds)
-    check(strategy in STRATEGIES + ("activeft", "random"), "strategy", owner,
-          "one of " + ", ".join(STRATEGIES + ("activeft", "random")), strategy)
-    check(first in ("activeft", "random"), "first", owner, "'activeft' or 'random'", first)
-    check(refresh_mode in ("lp-ft", "full"), "refresh_mode", owner, "'lp-ft' or 'full'", refresh_mode)
-    check(final in ("auto", "linear", "lp-ft", "full", "none"), "final", owner,
-          "one of auto, linear, lp-ft, full, none", final)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, owner)
     check((oracle is None) != (labels is None), "oracle", owner,
           "'store-labels' when no labels table is given (exactly one of oracle and labels)", oracle)
-    check(oracle in (None, "store-labels"), "oracle", owner, "'store-labels'", oracle)
     policy, at_labels = parse_refresh(refresh)
     first_store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
     check(sum(budgets) <= len(first_store), "round_budget", owner,
@@ -167,7 +197,7 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     if policy != "never" and (first_store.model is None or "uri" not in first_store.columns):
         raise ConfigError(f"--refresh {refresh} finetunes and re-embeds the backbone, but the store "
                           f"{first_store.uri} holds imported embeddings (no backbone or images)")
-    state = storage.absolute(state)
+    state = storage.output_uri(state, "state")
     config = {"store": first_store.uri, "budgets": budgets, "strategy": strategy, "first": first, "refresh": refresh,
               "refresh_mode": refresh_mode, "refresh_epochs": refresh_epochs, "final": final,
               "final_threshold": final_threshold, "oracle": oracle,
@@ -230,6 +260,20 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     _settle_cost(st, label_cost, gpu_hour_cost, cpu_hour_cost)
     _save(state, st)
     return st
+
+
+PARAMS = declared(loop, {
+    "store": STORE, "state": TEXT,
+    "round_budget": parsed(Rule(str, lambda v: True, "", int | str), lambda v: parse_budgets(v, None),
+                           "a count >= 1 or counts 'B1,B2,...'"),
+    "rounds": optional(integer(1)), "strategy": one_of(*STRATEGIES, "activeft", "random"),
+    "first": one_of("activeft", "random"),
+    "refresh": parsed(TEXT, parse_refresh, "'never', 'logme' or 'at-labels:N'"),
+    "refresh_mode": one_of("lp-ft", "full"), "refresh_epochs": optional(integer(1)),
+    "final": one_of("auto", "linear", "lp-ft", "full", "none"), "final_threshold": integer(1),
+    "oracle": optional(one_of("store-labels")), "labels": optional(TABLE), "eval_store": optional(STORE),
+    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "proxy_epochs": integer(1),
+    "label_cost": number(0), "gpu_hour_cost": number(0), "cpu_hour_cost": number(0)})
 
 
 def _load(state: str, config: dict) -> dict:

@@ -20,8 +20,6 @@ import torch.nn.functional as F
 from ..engine import Collectives, Pool, chunk_rows, generator, k_center_greedy, kmeans_plusplus, merge_topk
 from ..heads import MLP
 
-STRATEGIES = ("margin", "entropy", "confidence", "badge", "coreset")
-
 
 def _proxy_outputs(proxy: MLP, x: torch.Tensor):
     """Softmax probabilities and hidden embeddings of ``x``, in chunks."""
@@ -29,7 +27,7 @@ def _proxy_outputs(proxy: MLP, x: torch.Tensor):
     step = chunk_rows(proxy.fc1.out_features + proxy.fc2.out_features)
     with torch.no_grad():
         for lo in range(0, len(x), step):
-            h = proxy.hidden(x[lo:lo + step])
+            h = proxy.hidden(x[lo:lo + step].float())  # a float16 pool (GPU), a chunk at a time
             hidden.append(h)
             probs.append(F.softmax(proxy.fc2(h), dim=1))
     return torch.cat(probs), torch.cat(hidden)
@@ -54,30 +52,60 @@ def badge_embedding(probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     return emb.flatten(1)
 
 
-def select_with_proxy(pool: Pool, comm: Collectives, proxy: MLP, strategy: str, budget: int, labeled,
-                      seed: int = 0) -> torch.Tensor:
-    """``budget`` global rows, none of them in ``labeled``, chosen by ``strategy`` with ``proxy``."""
-    labeled = torch.as_tensor(labeled, dtype=torch.long)
-    proxy = proxy.to(pool.device).eval()
-    probs, hidden = _proxy_outputs(proxy, pool.x)
-    _, local = pool.local(labeled)
-    if strategy in ("margin", "entropy", "confidence"):
-        score = uncertainty(probs, strategy)
-        score[local] = -torch.inf
+_STRATEGIES: dict = {}
+
+
+def register_strategy(name: str):
+    """Register ``fn(pool, comm, probs, hidden, budget, labeled, g) -> rows`` as a proxy strategy."""
+    def add(fn):
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy {name!r} registered twice")
+        _STRATEGIES[name] = fn
+        return fn
+    return add
+
+
+def _uncertainty_strategy(name: str):
+    @register_strategy(name)
+    def top_uncertain(pool, comm, probs, hidden, budget, labeled, g):
+        score = uncertainty(probs, name)
+        score[pool.local(labeled)[1]] = -torch.inf
         k = min(budget, len(score))
         v, i = score.topk(k)
         v = torch.cat([v, torch.full((budget - k,), -torch.inf, device=v.device)])
         r = torch.cat([i + pool.offset, torch.full((budget - k,), -1, device=i.device, dtype=torch.long)])
         return merge_topk(v[None], r[None], comm, budget)[1][0]
-    g = generator(seed)
-    if strategy == "coreset":
-        return k_center_greedy(Pool(hidden, pool.offset, pool.size), comm, budget, g, labeled, tag="coreset")
-    if strategy == "badge":
-        step = chunk_rows(probs.shape[1] * hidden.shape[1])  # (rows, C, H) only a chunk at a time
-        emb = Pool(torch.cat([badge_embedding(probs[lo:lo + step], hidden[lo:lo + step])
-                              for lo in range(0, len(probs), step)]), pool.offset, pool.size)
-        return kmeans_plusplus(emb, comm, budget, g, exclude=labeled)
-    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+for _name in ("margin", "entropy", "confidence"):
+    _uncertainty_strategy(_name)
+
+
+@register_strategy("badge")
+def _badge(pool, comm, probs, hidden, budget, labeled, g):
+    step = chunk_rows(probs.shape[1] * hidden.shape[1])  # (rows, C, H) only a chunk at a time
+    emb = Pool(torch.cat([badge_embedding(probs[lo:lo + step], hidden[lo:lo + step])
+                          for lo in range(0, len(probs), step)]), pool.offset, pool.size)
+    return kmeans_plusplus(emb, comm, budget, g, exclude=labeled)
+
+
+@register_strategy("coreset")
+def _coreset(pool, comm, probs, hidden, budget, labeled, g):
+    return k_center_greedy(Pool(hidden, pool.offset, pool.size), comm, budget, g, labeled, tag="coreset")
+
+
+STRATEGIES = tuple(_STRATEGIES)
+
+
+def select_with_proxy(pool: Pool, comm: Collectives, proxy: MLP, strategy: str, budget: int, labeled,
+                      seed: int = 0) -> torch.Tensor:
+    """``budget`` global rows, none of them in ``labeled``, chosen by ``strategy`` with ``proxy``."""
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    proxy = proxy.to(pool.device).eval()
+    probs, hidden = _proxy_outputs(proxy, pool.x)
+    return _STRATEGIES[strategy](pool, comm, probs, hidden, budget, torch.as_tensor(labeled, dtype=torch.long),
+                                 generator(seed))
 
 
 def strategy_job(strategy, proxy_state, dims, budget, labeled, seed, pool, comm, checkpoints) -> dict:

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from .. import stage, storage
-from ..engine import all_sum, generator, nearest, run, sample_rows
+from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, run, sample_rows
 from ..errors import ParameterError, StoreError, check
-from ..params import BOOL, TEXT, Rule, declared, integer, optional, parsed, validate
+from ..params import BOOL, TEXT, Rule, declared, integer, one_of, optional, parsed, validate
 from ..store import EmbeddingStore
 from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
 from .registry import Selector, get_selector, list_selectors
@@ -78,8 +78,8 @@ def resolve_budget(budget, pool: int) -> int:
 
 
 def select(store, budget, *, output: str | None = None, method: str = "activeft", num_workers: int = 1,
-           use_gpu: bool = False, seed: int = 0, exclude=None, resume: bool = False, overwrite: bool = False,
-           checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
+           use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, resume: bool = False,
+           overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
     """Select ``budget`` samples of an embedding store to label.
 
     Parameters
@@ -98,6 +98,10 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
         rows. The same seed gives the same selection for any number of workers.
     use_gpu : bool
         Run on GPUs (nccl between workers).
+    precision : {"fp32", "tf32", "bf16"}, optional
+        Precision of the candidate products of every nearest-row search (default: tf32 on GPU,
+        fp32 on CPU). Near ties are re-scored exactly, so every precision selects the same rows;
+        ``selection.json`` records the one used.
     seed : int, default=0
         Random seed (initialisation, mini-batches, the random baseline).
     exclude : str or list of str, optional
@@ -123,10 +127,11 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     (10, 10, ['id', 'rank', 'method', 'centroid'])
     """
     start = time.perf_counter()
+    method_class = get_selector(method)  # an unknown method gets its one-line suggestion first
     validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "select")
-    selector = get_selector(method)(seed=seed, **params)
+    selector = method_class(seed=seed, **params)
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
-    output = storage.absolute(output) if output is not None else None
+    output = storage.output_uri(output) if output is not None else None
     exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
     exclude_rows = np.sort(store.rows_of(exclude_ids, "excluded ids")) if exclude_ids else np.zeros(0, np.int64)
     budget = resolve_budget(budget, len(store))
@@ -138,26 +143,25 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
               "num_workers": num_workers}
     import torch
 
-    with stage.removed_on_user_error(output):
-        if output and stage.prepare(output, "selection", config, marker=SELECTION, resume=resume,
-                                    overwrite=overwrite):
+    with stage.writing(output, "selection", config, marker=SELECTION, resume=resume, overwrite=overwrite) as out:
+        if out.finished:
             return read_selection(output)  # resumed a run that had finished
-        work = storage.join(output, "_work", "select") if output else None
+        work = out.join("_work", "select") if output else None
         job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
-                     checkpoint_every=checkpoint_every, fail_at=_fail_at)
-    rows = np.asarray(result["rows"], dtype=np.int64)
-    table = store.take(rows, [c for c in ("id", "uri") if c in store.columns])
-    table = table.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))
-    table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
-    for name, values in result["columns"].items():
-        table = table.append_column(name, pa.array(values))
-    info = {**stage.header(), "config": config, "budget": budget, "pool_size": len(store),
-            "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
-            **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
-    selection = Selection(table.column("id").to_pylist(), table, info, output)
-    if output:
-        _write(output, selection)
+                     checkpoint_every=checkpoint_every, fail_at=_fail_at, precision=precision)
+        rows = np.asarray(result["rows"], dtype=np.int64)
+        table = store.take(rows, [c for c in ("id", "uri") if c in store.columns])
+        table = table.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))
+        table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
+        for name, values in result["columns"].items():
+            table = table.append_column(name, pa.array(values))
+        info = {**stage.header(), "config": config, "budget": budget, "pool_size": len(store),
+                "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
+                **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
+        selection = Selection(table.column("id").to_pylist(), table, info, output)
+        if output:
+            _write(out, selection)
     log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
              info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
     return selection
@@ -169,7 +173,8 @@ PARAMS = declared(select, {
                      "a count >= 1 or a fraction of the pool ('1%', '0.01')"),
     "output": optional(TEXT),
     "method": Rule(str, lambda v: v in list_selectors(), "one of " + ", ".join(list_selectors())),
-    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "checkpoint_every": integer(0),
+    "num_workers": integer(1), "use_gpu": BOOL, "precision": optional(one_of(*PRECISIONS)), "seed": integer(),
+    "checkpoint_every": integer(0),
     "exclude": Rule(str | None, lambda v: v is None or isinstance(v, (str, list, tuple, np.ndarray)),
                     "a table of ids or a list of ids"),
     "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
@@ -187,6 +192,7 @@ def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoint
     return {"rows": rows.tolist(),
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {**result.info, "seconds_select": round(seconds, 3),
+                     "precision": resolve_precision(pool.precision, pool.device),
                      "coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}}
 
 
@@ -195,7 +201,7 @@ def coverage(pool, comm, rows) -> float:
     import torch
 
     feats = pool.gather_rows(torch.as_tensor(rows, dtype=torch.long), comm)
-    _, sim = nearest(pool.x, feats, "ip")
+    _, sim = nearest(pool.x, feats, "ip", precision=pool.precision)
     return all_sum(float(sim.double().sum()), comm, pool.device) / pool.size
 
 
@@ -211,14 +217,11 @@ def read_ids(source, what: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _write(output: str, selection: Selection) -> None:
-    import pyarrow.csv as pacsv
-
-    storage.write_parquet(storage.join(output, "selection.parquet"), selection.table)
-    buf = pa.BufferOutputStream()
-    pacsv.write_csv(selection.table.select([c for c in ("id", "uri") if c in selection.table.column_names]), buf)
-    storage.write_bytes(storage.join(output, "selection.csv"), buf.getvalue().to_pybytes())
-    stage.write_marker(storage.join(output, SELECTION), selection.info)
+def _write(out: stage.Output, selection: Selection) -> None:
+    storage.write_parquet(out.join("selection.parquet"), selection.table)
+    storage.write_csv(out.join("selection.csv"),
+                      selection.table.select([c for c in ("id", "uri") if c in selection.table.column_names]))
+    out.commit(selection.info)  # files.json, then selection.json (last), then the swap on --overwrite
 
 
 def read_selection(uri: str) -> Selection:

@@ -20,11 +20,13 @@ no sample gets no gradient in that step; and the left factor of Z is detached, s
 is repelled only through its own Z_k.
 
 Memory: the N x B similarity matrix and its autograd graph are never built. The arg-max is
-taken in chunks without autograd (faiss on CPU); since the gradient of a max reaches only the
-arg-max entry, the gradient is that of the assigned centroids alone, computed in closed form
-(:func:`loss_and_grad`; equal to the dense code's autograd, tested). Per-worker sums are
-all-reduced (float64), then pushed through Z and the normalisation on every rank alike, so all
-ranks take the same Adam step. Peak memory: the rows + O(chunk x D + B x chunk).
+taken in chunks without autograd (faiss on CPU; on GPU candidates in the pool's precision with
+near ties scored exactly, so the assignment is that of exact scores: :mod:`activeft.engine.search`);
+since the gradient of a max reaches only the arg-max entry, the gradient is that of the assigned
+centroids alone, computed in closed form (:func:`loss_and_grad`; equal to the dense code's
+autograd, tested). Per-worker sums are all-reduced (float64), then pushed through Z and the
+normalisation on every rank alike, so all ranks take the same Adam step. Peak memory: the rows +
+O(chunk x D + B x chunk).
 
 With excluded (already labeled) rows, their features are fixed extra centroids: samples near
 them are assigned to them and new centroids are repelled from them, as in ASVP's "ActiveFT(al)"
@@ -47,12 +49,13 @@ from ..engine import (
     FlatIndex,
     Pool,
     chunk_rows,
+    exact_scores,
     generator,
     greedy_unique,
     k_center_greedy,
-    kmeans_plusplus,
     log_every,
     sample_rows,
+    seed_rows,
 )
 from ..params import Param, integer, number, one_of, optional
 from .registry import Result, Selector, register_selector
@@ -63,7 +66,7 @@ log = logging.getLogger(__name__)
 def partition(c: torch.Tensor, tau: float) -> torch.Tensor:
     """``Z_k = sum_j exp(c_j . c_k / tau)`` for every k, in chunks of centroids."""
     z = torch.empty(len(c), dtype=c.dtype, device=c.device)
-    step = chunk_rows(len(c))
+    step = chunk_rows(len(c), 4, c.device)
     for lo in range(0, len(c), step):
         z[lo:lo + step] = torch.exp(c[lo:lo + step] @ c.T / tau).sum(1)
     return z
@@ -91,15 +94,15 @@ def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: tor
         c64 = c.double()  # the B x B terms in float64: BLAS may split their reductions by thread count
         z = partition(c64, tau)
         x = pool.x if rows is None else pool.x[rows]
-        idx = FlatIndex(c, "ip").search(x, scores=False)[0]
+        idx = FlatIndex(c, "ip", precision=pool.precision).search(x, scores=False)[0]
         log_bz = (math.log(balance) if balance > 0 else -math.inf) + z.log()
         k_all, dim = c.shape
         packed = torch.zeros(k_all * dim + k_all + 1, dtype=torch.float64, device=pool.device)
         grad_c, grad_logz = packed[:k_all * dim].view(k_all, dim), packed[k_all * dim:-1]
-        step = chunk_rows(dim, 8)
+        step = chunk_rows(dim, 8, pool.device)
         for lo in range(0, len(x), step):
             i, xs = idx[lo:lo + step], x[lo:lo + step]
-            a = (xs * c[i]).sum(1).double() / tau  # the arg-max score, row by row (thread-invariant)
+            a = exact_scores(xs, c, i).double() / tau  # the arg-max score, exactly (thread-invariant)
             w = torch.sigmoid(a - log_bz[i]) - 1  # s / (s + lambda Z) - 1
             packed[-1] += (torch.logaddexp(a, log_bz[i]) - a).sum()
             grad_c.index_add_(0, i, xs.double().mul_(w[:, None]))
@@ -108,7 +111,7 @@ def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: tor
         grad_c = total[:k_all * dim].view(k_all, dim)[k_fixed:] / tau
         grad_z = total[k_all * dim:-1][k_fixed:] / z[k_fixed:]  # d/dZ_k from d/dlog Z_k
         # through Z: dZ_k/dc_k = sum_j exp(c_j . c_k / tau) c_j / tau (left factor detached)
-        learn, step = c64[k_fixed:], chunk_rows(len(c), 8)
+        learn, step = c64[k_fixed:], chunk_rows(len(c), 8, pool.device)
         for lo in range(0, len(learn), step):
             e = torch.exp(learn[lo:lo + step] @ c64.T / tau)
             grad_c[lo:lo + step] += grad_z[lo:lo + step, None] * (e @ c64) / tau
@@ -130,8 +133,9 @@ class ActiveFT(Selector):
         "lr": Param(1e-3, number(0, strict=True), "Adam learning rate."),
         "batch_size": Param(None, optional(integer(1)), "Pool rows sampled per step (None: the whole pool; the "
                                                         "official ImageNet script uses 100000)."),
-        "init": Param("random", one_of("random", "fps", "kmeans++"),
-                      "Initial centroids: random pool features (official default), FPS or k-means++ seeds."),
+        "init": Param("random", one_of("random", "fps", "kmeans++", "kmeans||"),
+                      "Initial centroids: random pool features (official default), FPS, k-means++ or k-means|| "
+                      "seeds."),
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
@@ -176,8 +180,6 @@ class ActiveFT(Selector):
                        "resumed_from_iteration": start if state is not None else None})
 
     def _init_rows(self, pool, comm, budget, exclude, g) -> torch.Tensor:
-        if self.init == "random":
-            return sample_rows(pool.size, budget, g, exclude)
         if self.init == "fps":
             return k_center_greedy(pool, comm, budget, g, exclude, tag="activeft init (fps)")
-        return kmeans_plusplus(pool, comm, budget, g, exclude)
+        return seed_rows(pool, comm, budget, g, exclude, self.init)  # "random": uniform pool rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..engine import greedy_unique, kmeans
+from ..engine import DEFAULT_SEEDING, SEEDINGS, greedy_unique, kmeans
 from ..params import Param, integer, number, one_of
 from .registry import Result, Selector, register_selector
 
@@ -18,7 +18,9 @@ class KMeans(Selector):
     name = "kmeans"
     params = {
         "iterations": Param(100, integer(1), "Maximum Lloyd iterations."),
-        "init": Param("kmeans++", one_of("kmeans++", "random"), "Seeding of the centroids."),
+        "init": Param(DEFAULT_SEEDING, one_of(*SEEDINGS), "Seeding: k-means|| (Bahmani et al. 2012; a few passes "
+                                                           "whatever the budget), k-means++ (one pass per "
+                                                           "centroid) or uniform rows."),
         "tol": Param(1e-4, number(0), "Stop when the inertia improves by less than this fraction."),
     }
 
