@@ -1,6 +1,9 @@
 """Connecting to Ray: the cluster ``RAY_ADDRESS`` (or an explicit ``address``) names, otherwise a new
 local instance. Never another Ray that happens to run on this host (``ray.init()`` alone would join
-a ``ray start`` head it finds there). No code path differs between the two."""
+a ``ray start`` head it finds there). No code path differs between the two.
+
+A failed Ray Data task's full stack goes to Ray Data's log file (``<session>/logs/ray-data``), not to
+the console, where the command's error is one line (``ACTIVEFT_DEBUG=1`` keeps Ray's output as is)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def init(address: str | None = None) -> None:
     except ConnectionError as e:
         raise ActiveftError(f"cannot connect to the Ray cluster at {named} "
                             f"({'--address' if address else 'RAY_ADDRESS'}): {str(e).strip().splitlines()[0]}") from e
+    _errors_to_log_file()
     res = ray.cluster_resources()
     try:
         where = ray.get_runtime_context().gcs_address
@@ -37,6 +41,24 @@ def init(address: str | None = None) -> None:
     log.info("Ray: %s at %s with %g CPUs, %g GPUs, %.1f GiB memory",
              f"joined the cluster {named!r}" if join else "started a local instance", where, res.get("CPU", 0),
              res.get("GPU", 0), res.get("memory", 0) / 2**30)
+
+
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _errors_to_log_file() -> None:
+    if os.environ.get("ACTIVEFT_DEBUG"):
+        return
+    try:
+        import ray.data  # noqa: F401  (configures its loggers)
+    except ImportError:
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler" and not any(isinstance(f, _BelowError)
+                                                                        for f in handler.filters):
+            handler.addFilter(_BelowError())
 
 
 def cluster_gpus() -> float:

@@ -21,7 +21,6 @@ import numpy as np
 
 from . import storage
 from .errors import ModelError, suggest
-from .images import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +132,8 @@ def _sha256(path: str) -> str:
 
 @dataclass
 class Preprocess:
-    """PIL image -> uint8 CHW array: :func:`~activeft.images.to_rgb`, then timm's eval (or train)
-    transform without normalisation.
+    """RGB PIL image (:func:`activeft.images.open_images` makes one) -> uint8 CHW array, by timm's
+    eval (or train) transform without normalisation.
 
     Normalisation (``/255``, mean, std) runs on the model's device in :meth:`normalize`,
     exactly as timm's ``use_prefetcher=True`` path splits the work.
@@ -152,7 +151,9 @@ class Preprocess:
         self._transform = create_transform(**cfg, is_training=self.training, use_prefetcher=True, **extra)
 
     def __call__(self, image) -> np.ndarray:
-        return np.asarray(self._transform(to_rgb(image)), dtype=np.uint8)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(self._transform(image), dtype=np.uint8)
 
     def normalize(self, x):
         """uint8 ``(N, 3, H, W)`` tensor -> normalised float32 tensor on the same device."""

@@ -17,6 +17,8 @@ import typer
 from .calibrate import PARAMS as calibrate_params
 from .calibrate import calibrate
 from .console import error_exit, setup_logging
+from .embed import PARAMS as embed_params
+from .embed import embed
 from .errors import ConfigError, suggest
 from .finetune import PARAMS as finetune_params
 from .finetune import finetune
@@ -31,8 +33,6 @@ from .select import get_selector, list_selectors, select
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
 
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an existing output instead of failing on it.")]
 
 
 def _generated(body, params: dict, *, arguments=(), required=(), method_params: dict | None = None):
@@ -55,42 +55,15 @@ def _generated(body, params: dict, *, arguments=(), required=(), method_params: 
     return command
 
 
-@app.command()
-def embed(
-    source: Annotated[str, typer.Argument(help="Image directory or prefix (local, s3://, gs://, any fsspec URI), "
-                                               "or a .csv/.parquet manifest with a 'uri' column and optional 'id', "
-                                               "'label' and pass-through columns. For very large pools use a "
-                                               "manifest: listing billions of keys is slow.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Embedding store to write (directory or prefix).")],
-    model: Annotated[str, typer.Option(help="timm model name.")] = "vit_small_patch16_224.dino",
-    pretrained: Annotated[str, typer.Option(help="Weights: 'hub' (timm download), 'none' (random init) or a "
-                                                 ".safetensors/.pth path or URI.")] = "hub",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    image_size: Annotated[int | None, typer.Option(help="Override the model's input size.")] = None,
-    num_actors: Annotated[str | None, typer.Option(help="Model actors: N, or MIN,MAX to autoscale. Default: one "
-                                                           "per GPU, or one per 4 CPUs.")] = None,
-    gpus_per_actor: Annotated[float | None, typer.Option(help="GPUs per actor (fractions share a GPU). "
-                                                                 "Default: 1 on GPU clusters.")] = None,
-    partition_size: Annotated[int, typer.Option(help="Images per input partition = rows per output shard "
-                                                     "(the unit of resume).")] = 10_000,
-    dtype: Annotated[str, typer.Option(help="Storage dtype of embeddings: float32 or float16.")] = "float32",
-    max_error_fraction: Annotated[float, typer.Option(help="Fail when more images than this fraction cannot be "
-                                                           "decoded (they are listed in _errors.parquet).")] = 0.01,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-):
+def _embed_command(**values):
     """Embed images into a Parquet embedding store (Ray Data; resumable).
 
     Example: activeft embed s3://bucket/images/ --output s3://bucket/stores/pool --pretrained hub
     """
-    from .embed import embed as run
-
-    store = run(source, output, model=model, pretrained=pretrained, batch_size=batch_size, image_size=image_size,
-                num_actors=num_actors, gpus_per_actor=gpus_per_actor, partition_size=partition_size, dtype=dtype,
-                max_error_fraction=max_error_fraction, resume=resume, overwrite=overwrite)
-    run_ = store.manifest["last_run"]
+    store = embed(**values)
+    run = store.manifest["last_run"]
     typer.echo(f"{store.uri}: {len(store)} rows, dim {store.dim}, {store.manifest['errors']} errors; "
-               f"embedded {run_['embedded']} images in {run_['seconds']} s ({run_['images_per_s']} images/s)")
+               f"embedded {run['embedded']} images in {run['seconds']} s ({run['images_per_s']} images/s)")
 
 
 def _import_command(**values):
@@ -157,6 +130,7 @@ def _loop_command(**values):
                f"labels; final model: {st['final'] and st['final']['run']}")
 
 
+app.command("embed")(_generated(_embed_command, embed_params, arguments=("source",)))
 app.command("import-embeddings")(_generated(_import_command, import_params, arguments=("table",)))
 app.command("select")(_generated(_select_command, select_params, arguments=("store",), required=("output",),
                                  method_params=_method_params()))

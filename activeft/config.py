@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
 from . import storage
 from .calibrate import PARAMS as calibrate_params
+from .embed import PARAMS as embed_params
 from .errors import ActiveftError, ConfigError
 from .export import PARAMS as export_params
 from .finetune import PARAMS as finetune_params
@@ -48,18 +49,8 @@ def _without(declared: dict, *names: str) -> dict:
     return {k: p for k, p in declared.items() if k not in names}
 
 
-class EmbedConfig(_Section):
-    source: str
-    store: str = "{output}/store"
-    model: str = "vit_small_patch16_224.dino"
-    pretrained: str = "hub"
-    image_size: int | None = Field(None, ge=8)
-    batch_size: int = Field(64, ge=1)
-    num_actors: int | str | None = None
-    gpus_per_actor: float | None = Field(None, gt=0)
-    partition_size: int = Field(10_000, ge=1)
-    dtype: Literal["float32", "float16"] = "float32"
-    max_error_fraction: float = Field(0.01, ge=0, le=1)
+EmbedConfig = section("EmbedConfig", _without(embed_params, "output", "resume", "overwrite"),
+                      store=(str, "{output}/store"))
 
 
 SelectConfig = section("SelectConfig", _without(select_params, "store", "output", "resume", "overwrite"),
@@ -192,4 +183,18 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
             get_selector(cfg.select.method)(seed=cfg.select.seed, **cfg.select.params)
         except ActiveftError as e:
             raise ConfigError(f"config key 'select.params': {e}") from None
+    for key, value in _paths(cfg.model_dump()):  # where stages write: never empty, never a filesystem root
+        try:
+            storage.output_uri(value, f"config key '{key}'")
+        except ActiveftError as e:
+            raise ConfigError(str(e)) from None
     return cfg
+
+
+def _paths(tree: dict, prefix: str = ""):
+    """``(dotted key, value)`` of the outputs and stores a config names."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _paths(v, f"{prefix}{k}.")
+        elif k in ("output", "store", "state") and isinstance(v, str):
+            yield f"{prefix}{k}", v

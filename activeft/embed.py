@@ -25,6 +25,7 @@ from . import _ray, _shards, metrics, sources, stage, storage
 from .backbone import BackboneSpec, Preprocess, pooled_features
 from .errors import ParameterError, StoreError, TooManyErrors, check
 from .images import read_images
+from .params import BOOL, TEXT, Rule, declared, integer, number, one_of, optional, parsed, validate
 from .store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,18 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
         ``id``, ``label`` and pass-through columns (recommended for very large pools).
     output : str
         Store directory or prefix.
-    model, pretrained : str
-        timm model name; weights ``"hub"``, ``"none"`` (random init) or a ``.safetensors`` /
-        ``.pth`` path or URI.
+    model : str, default="vit_small_patch16_224.dino"
+        timm model name.
+    pretrained : str, default="hub"
+        Weights: ``"hub"`` (timm download), ``"none"`` (seeded random init) or a
+        ``.safetensors`` / ``.pth`` path or URI.
     batch_size : int, default=64
         Images per forward pass of an actor.
     image_size : int, optional
         Override the model's input size.
-    num_actors : int or (min, max), optional
-        Actor pool size; default: one actor per GPU (per ``gpus_per_actor``), or one CPU actor
-        per 4 CPUs.
+    num_actors : int, str or (min, max), optional
+        Model actors: N, or ``"MIN,MAX"`` to autoscale; default: one actor per GPU (per
+        ``gpus_per_actor``), or one CPU actor per 4 CPUs.
     gpus_per_actor : float, optional
         GPUs per actor (fractions share a GPU); default 1 on GPU clusters.
     partition_size : int, default=10000
@@ -62,9 +65,10 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
         Storage dtype of the embeddings; readers always get float32.
     max_error_fraction : float, default=0.01
         Fail (without writing the manifest) when more images than this fraction cannot be decoded.
-    resume, overwrite : bool
-        Continue an existing store (embedding only partitions and new images not yet done), or
-        replace it. Without either, a non-empty ``output`` is an error.
+    resume : bool
+        Continue an existing store: embed only the partitions and new images not done yet.
+    overwrite : bool
+        Replace an existing store. Without either, a non-empty ``output`` is an error.
 
     Returns
     -------
@@ -82,15 +86,7 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     >>> len(store), store.dim
     (4, 512)
     """
-    owner = "embed"
-    check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", owner, "an int >= 1", batch_size)
-    check(image_size is None or (isinstance(image_size, int) and image_size >= 8), "image_size", owner,
-          "an int >= 8", image_size)
-    check(isinstance(partition_size, int) and partition_size >= 1, "partition_size", owner, "an int >= 1",
-          partition_size)
-    check(dtype in DTYPES, "dtype", owner, f"one of {', '.join(DTYPES)}", dtype)
-    check(0 <= max_error_fraction <= 1, "max_error_fraction", owner, "a float in [0, 1]", max_error_fraction)
-    check(gpus_per_actor is None or gpus_per_actor > 0, "gpus_per_actor", owner, "a float > 0", gpus_per_actor)
+    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "embed")
     pool = _pool_size(num_actors)
     start = time.perf_counter()
     output = storage.absolute(output)
@@ -141,6 +137,15 @@ def _pool_size(num_actors) -> tuple[int, int] | None:
     check(len(sizes) == 2 and all(isinstance(v, int) for v in sizes) and 1 <= sizes[0] <= sizes[1],
           "num_actors", "embed", "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", given)
     return sizes
+
+
+PARAMS = declared(embed, {
+    "source": TEXT, "output": TEXT, "model": TEXT, "pretrained": TEXT, "batch_size": integer(1),
+    "image_size": optional(integer(8)),
+    "num_actors": parsed(Rule(str | None, lambda v: True, "", int | str | None), _pool_size,
+                         "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX"),
+    "gpus_per_actor": optional(number(0, strict=True)), "partition_size": integer(1), "dtype": one_of(*DTYPES),
+    "max_error_fraction": number(0, maximum=1), "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, int], int]:

@@ -1,4 +1,5 @@
-"""Reading and decoding images for the embed and finetune stages (Ray Data CPU tasks)."""
+"""Reading and decoding images: the one path of the embed and finetune stages (Ray Data CPU tasks)
+and of the report's thumbnails."""
 
 from __future__ import annotations
 
@@ -59,25 +60,39 @@ def _fetch(uri: str):
         return e
 
 
-def read_images(uris: list[str], config: dict, training: bool = False) -> tuple[np.ndarray, list[str]]:
-    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image
-    (made RGB by :func:`to_rgb`); a row that cannot be read or decoded gets zeros and its error
-    message ("" when fine)."""
+def open_images(uris: list[str]) -> list:
+    """Each image at ``uris`` (local or any object store) decoded to upright 8-bit RGB
+    (:func:`to_rgb`), or the exception that stopped it: an unreadable input is never fatal."""
     from PIL import Image
 
-    pre = preprocess(config_key(config), training)
-    _, h, w = config["input_size"]
     with ThreadPoolExecutor(8) as pool:  # object-store latency: fetch concurrently, decode serially
         blobs = list(pool.map(_fetch, uris))
-    images = np.zeros((len(uris), 3, h, w), np.uint8)
-    errors = []
-    for i, blob in enumerate(blobs):
+    out = []
+    for blob in blobs:
         try:
             if isinstance(blob, Exception):
                 raise blob
             with Image.open(io.BytesIO(blob)) as img:
                 img.load()
-                images[i] = pre(img)
+                out.append(to_rgb(img))
+        except Exception as e:  # recorded by the caller
+            out.append(e)
+    return out
+
+
+def read_images(uris: list[str], config: dict, training: bool = False) -> tuple[np.ndarray, list[str]]:
+    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image
+    (:func:`open_images`); a row that cannot be read or decoded gets zeros and its error message
+    ("" when fine)."""
+    pre = preprocess(config_key(config), training)
+    _, h, w = config["input_size"]
+    images = np.zeros((len(uris), 3, h, w), np.uint8)
+    errors = []
+    for i, image in enumerate(open_images(uris)):
+        try:
+            if isinstance(image, Exception):
+                raise image
+            images[i] = pre(image)
             errors.append("")
         except Exception as e:  # any unreadable input is recorded, never fatal
             errors.append(f"{type(e).__name__}: {_BUFFER.sub('', storage._first_line(e))}")

@@ -142,7 +142,12 @@ class _Thumbnails:
             return
         rows = np.unique(rows)
         uris = store.take(rows, ["uri"]).column("uri").to_pylist()
-        for row, image in zip(rows.tolist(), open_images(uris), strict=True):
+        first = open_images(uris[:1])[0]
+        if isinstance(first, Exception):  # one probe: unreachable images cost one timeout, not one each
+            log.warning("report: no thumbnails: cannot read %s: %s", uris[0], first)
+            self.failed = len(uris)
+            return
+        for row, image in zip(rows.tolist(), [first, *open_images(uris[1:])], strict=True):
             if isinstance(image, Exception):
                 self.failed += 1
                 continue

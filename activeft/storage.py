@@ -35,6 +35,9 @@ from .errors import ActiveftError, ParameterError, StoreError
 class StorageUnavailable(StoreError):
     """An object store could not be reached, or refused a request, after its client's retries."""
 
+    def __str__(self) -> str:  # one line, also after Ray Data appended its retry advice to the message
+        return str(self.args[0]).splitlines()[0] if self.args else ""
+
 
 class Conflict(Exception):
     """A conditional write or delete lost: the object appeared or changed since it was read."""
@@ -44,15 +47,38 @@ def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
 
-def _reason(e: BaseException) -> str:
+def _reason(e) -> str:
     """The useful part of an object-store error: pyarrow's "When ... in bucket 'b': " prefix dropped."""
-    text = _first_line(e)
-    return re.sub(r"^When [^:]*?(in bucket '[^']*')?: ", "", text)
+    text = e if isinstance(e, str) else _first_line(e)
+    return re.sub(r"^When [^:]*?(in bucket '[^']*')?: ", "", text.strip())
 
 
 def _endpoint() -> str:
     url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return re.sub(r"//[^/@]*@", "//", url) if url else "the default endpoint"  # never a password
+
+
+def unavailable(uri: str, error: BaseException) -> StorageUnavailable | None:
+    """``error`` as one :class:`StorageUnavailable` line naming ``uri``, if it is an object store's failure
+    (also when a library wrapped it, e.g. Ray Train's ``ControllerError``); else None."""
+    if not is_remote(uri) or isinstance(error, (FileNotFoundError, FileExistsError, Conflict)):
+        return None
+    if isinstance(error, StorageUnavailable):
+        return error
+    reason = _reason(error)
+    text = "\n".join(str(a) for a in getattr(error, "args", ())) or str(error)
+    store_error = isinstance(error, (OSError, pa.ArrowException)) or \
+        type(error).__module__.split(".")[0] in ("botocore", "aiobotocore")
+    if not store_error:  # a wrapper: look for the store's own words in its text
+        found = re.search(r"[^\n]*AWS Error [^\n]*", text)
+        if not found:
+            return None
+        reason = _reason(found[0])
+    if re.search(r"NETWORK_CONNECTION|Could not connect|Couldn't connect|EndpointConnectionError|"
+                 r"Connect timeout|Connection refused|timed out", reason + type(error).__name__):
+        return StorageUnavailable(f"cannot reach the object store for {uri} at {_endpoint()} (after retries): "
+                                  f"{reason}")
+    return StorageUnavailable(f"object store request for {uri} failed: {reason}")
 
 
 @contextlib.contextmanager
@@ -61,19 +87,12 @@ def _remote_errors(uri: str):
     line naming the URI; a missing object stays ``FileNotFoundError``, local errors pass through."""
     try:
         yield
-    except (FileNotFoundError, FileExistsError, StorageUnavailable, Conflict):
-        raise
     except Exception as e:
-        store_error = isinstance(e, (OSError, pa.ArrowException)) or \
-            type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")
-        if not (is_remote(uri) and store_error):
+        converted = unavailable(uri, e) if isinstance(e, (OSError, pa.ArrowException)) or \
+            type(e).__module__.split(".")[0] in ("botocore", "aiobotocore") else None
+        if converted is None or converted is e:
             raise
-        reason = _reason(e)
-        if re.search(r"NETWORK_CONNECTION|Could not connect|Couldn't connect|EndpointConnectionError|"
-                     r"Connect timeout|Connection refused|timed out", reason + type(e).__name__):
-            raise StorageUnavailable(f"cannot reach the object store for {uri} at {_endpoint()} "
-                                     f"(after retries): {reason}") from e
-        raise StorageUnavailable(f"object store request for {uri} failed: {reason}") from e
+        raise converted from e
 
 
 @functools.lru_cache(maxsize=64)

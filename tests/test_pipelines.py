@@ -84,7 +84,9 @@ def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplo
     sel = activeft.read_selection(str(tmp_path / "out" / "selection"))
     assert len(sel) == 6 and sel.table.column_names[:4] == ["id", "uri", "rank", "method"]
     page = (tmp_path / "out" / "selection" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5  # loss, projection, coverage, clusters, class balance
+    assert page.count("data:image/png;base64,") == 4  # loss, coverage, clusters, class balance
+    assert "<svg" in page and page.count("<circle class='sel'") == 6  # the projection, hoverable
+    assert page.count("data:image/jpeg;base64,") >= 6  # thumbnails: the selected images, cluster examples
     tasks = json.loads((tmp_path / "out" / "export" / "labelstudio.json").read_text())
     assert [t["data"]["id"] for t in tasks] == sel.ids
     assert all(set(t) == {"data"} and os.path.isfile(t["data"]["image"]) for t in tasks)
@@ -191,6 +193,35 @@ def test_report_renders_in_headless_chromium(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     plot_rows = (pixels.std(axis=1) > 10).sum()  # rows with content, not a blank page
     assert pixels.shape == (2600, 1000) and plot_rows > 1500
+
+
+def test_report_shows_the_selected_images_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    from activeft.report import write_report
+
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (tests/install_debian_packages.sh installs it)")
+    ids = write_images(tmp_path / "imgs", 120, size=48)
+    x = np.random.default_rng(1).normal(size=(120, 8)).astype(np.float32)
+    uris = [str(tmp_path / "imgs" / i) for i in ids]
+    pq.write_table(pa.table({"id": ids, "uri": uris, "embedding": list(x)}), tmp_path / "emb.parquet")
+    store = activeft.import_embeddings(str(tmp_path / "emb.parquet"), str(tmp_path / "store"))
+    sel = activeft.select(store, 12, method="kmeans", iterations=5, output=str(tmp_path / "sel"))
+    page = open(write_report(store, sel, clusters=3)).read()
+    srcs = re.findall(r"<img[^>]* src='([^']*)'", page)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)  # self-contained: no link can break
+    gallery = page.split("<h2>Selected images</h2>")[1].split("<h2>")[0]
+    assert [f"{k}. {i}" for k, i in enumerate(sel.ids)] == re.findall(r"<figcaption>([^<]*)</figcaption>", gallery)
+    assert "no image" not in page and page.count("<h3>Cluster ") == 3
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,900",
+                    f"file://{tmp_path / 'sel' / 'report.html'}"], check=True, timeout=120, capture_output=True)
+    top = np.asarray(Image.open(shot).convert("RGB"), dtype=float)[250:450]  # the gallery's first rows
+    saturated = (top.max(axis=2) - top.min(axis=2)) > 60  # the test images are colourful; the page is grey
+    assert saturated.mean() > 0.05, "the thumbnails did not render"
 
 
 def test_label_studio_export_presigns_s3_urls(tmp_path, bucket):

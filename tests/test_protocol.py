@@ -166,7 +166,7 @@ def test_failed_overwrite_leaves_the_old_output_exactly_as_it_was(store, tmp_pat
 # ---- 2. one writer per output; resume only ever returns its own run ----------------------------------------------
 
 
-def test_second_writer_is_refused_and_a_killed_run_resumes_after_its_lease_expired(store, tmp_path, capsys):
+def test_a_second_writer_is_refused_and_a_killed_run_blocks_until_its_lease_expired(store, tmp_path, capsys):
     out = str(tmp_path / "sel")
     a = spawn([*CLI, "select", store.uri, "--budget", "15", "-o", out, "--seed", "0", *SLOW], tmp_path / "a.log")
     try:
@@ -326,8 +326,10 @@ def test_empty_and_root_outputs_are_refused_before_any_work(store, tmp_path, cap
     # the pipeline probe: `--set output=` would have embedded into /store
     config = tmp_path / "c.yaml"
     config.write_text(f"output: {tmp_path}/out\nembed: {{source: {tmp_path}}}\nselect: {{budget: 5}}\n")
-    for value, pattern in [("", "config key 'output' is empty"), ("/", "config key 'output' '/' is the root")]:
-        code, err = cli(capsys, "run", "curate", "--config", str(config), "--set", f"output={value}")
+    for value, pattern in [("output=", "config key 'output' is empty"),
+                           ("output=/", "config key 'output' '/' is the root"),
+                           ("select.output=", "config key 'select.output' is empty")]:
+        code, err = cli(capsys, "run", "curate", "--config", str(config), "--set", value)
         assert code == 1
         assert re.search(pattern, err)
     assert not os.path.exists("/store/_work") and not os.path.exists(tmp_path / "out")
@@ -484,6 +486,23 @@ def test_object_store_outage_mid_run_is_one_line_naming_the_uri(store, tmp_path)
     assert "\n" not in err and "Traceback" not in err, err
     assert re.fullmatch(rf"activeft: error: cannot reach the object store for s3://outage/sel/\S+ at "
                         rf"{re.escape(endpoint)} \(after retries\): AWS Error NETWORK_CONNECTION .*", err), err
+
+
+def test_object_store_failures_wrapped_by_libraries_become_one_line():
+    class ControllerError(Exception):  # how Ray Train reports its own checkpoint write failing
+        pass
+
+    wrapped = ControllerError("Training failed due to controller error:\nWhen initiating multiple part upload for key "
+                              "'sel/x' in bucket 'b': AWS Error NETWORK_CONNECTION during CreateMultipartUpload "
+                              "operation: curlCode: 7, Could not connect to server")
+    err = storage.unavailable("s3://b/sel/_work", wrapped)
+    assert isinstance(err, storage.StorageUnavailable) and "\n" not in str(err)
+    assert str(err).startswith("cannot reach the object store for s3://b/sel/_work at ")
+    assert str(err).endswith("(after retries): AWS Error NETWORK_CONNECTION during CreateMultipartUpload "
+                             "operation: curlCode: 7, Could not connect to server")
+    assert storage.unavailable("/local/dir", wrapped) is None and storage.unavailable("s3://b/x", ValueError()) is None
+    err.args = (err.args[0] + "\nFailed to apply UDF transform after 1/1 attempts",)  # Ray Data's addition
+    assert "\n" not in str(err)
 
 
 # ---- 10. smaller ones ------------------------------------------------------------------------------------------------
