@@ -28,9 +28,10 @@ def user_error(e: BaseException) -> ActiveftError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, ActiveftError):
+        cause = getattr(e, "cause", None)
+        if isinstance(e, ActiveftError) and not isinstance(cause, ActiveftError):  # not Ray's wrapper of one
             return e
-        todo += [getattr(e, "cause", None), e.__cause__, *getattr(e, "worker_failures", {}).values()]
+        todo += [cause, e.__cause__, *getattr(e, "worker_failures", {}).values()]
     return None
 
 

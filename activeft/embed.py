@@ -89,9 +89,9 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "embed")
     pool = _pool_size(num_actors)
     start = time.perf_counter()
-    output = storage.absolute(output)
+    output = storage.output_uri(output)
     spec = BackboneSpec(model, pretrained, image_size)
-
+    stage.check(output, STAGE, None, marker=MANIFEST, resume=resume, overwrite=overwrite)  # fail before any work
     table = sources.read_source(source)
     net, weights = spec.build()
     config = spec.data_config(net)
@@ -99,26 +99,27 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     del net
     settings = {"backbone": {"model": model, "pretrained": pretrained, "image_size": image_size,
                              "weights": weights}, "dtype": dtype, "partition_size": partition_size}
-    # a finished store is resumed too: new images of the source go into new shards
-    state = stage.check(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
-                        verb="embedded")
-    stage.start(output, STAGE, settings, state)  # only now that source and model are known to be good
-
-    sizes, new = _plan(output, table, partition_size)
-    columns = ["id", "uri", "embedding"] + [c for c in table.column_names if c not in ("id", "uri")]
-    todo = {p: n for p, n in sizes.items()
-            if not _shards.consolidate(output, p, n, columns)}
-    for p in todo:  # partitions left half-staged by an interrupted run are redone whole
-        storage.delete(_shards.staging_uri(output, p))
-    log.info("embed: %d images in %d partitions; %d new images; %d partitions to embed",
-             sum(sizes.values()), len(sizes), new, len(todo))
-    if todo:
-        _ray.init()
-        _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
-
-    store = _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction,
-                    embedded=sum(todo.values()), seconds=time.perf_counter() - start)
-    return store
+    # only now that source and model are known to be good. A finished store is resumed too: new images of
+    # the source go into new shards. On --overwrite the new store is written beside the old one and swapped
+    # in once complete; too many decode errors keep a new store's work for --resume.
+    with stage.writing(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
+                       verb="embedded", keep_on=(TooManyErrors,)) as out:
+        work = out.dir  # the store itself, or on --overwrite the staging beside it
+        sizes, new = _plan(work, table, partition_size)
+        columns = ["id", "uri", "embedding"] + [c for c in table.column_names if c not in ("id", "uri")]
+        todo = {p: n for p, n in sizes.items()
+                if not _shards.consolidate(work, p, n, columns)}
+        for p in todo:  # partitions left half-staged by an interrupted run are redone whole
+            storage.delete(_shards.staging_uri(work, p))
+        log.info("embed: %d images in %d partitions; %d new images; %d partitions to embed",
+                 sum(sizes.values()), len(sizes), new, len(todo))
+        if todo:
+            _ray.init()
+            _run_pipeline(work, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
+        _commit(work, sizes, columns, settings, config, dim, source, max_error_fraction,
+                embedded=sum(todo.values()), seconds=time.perf_counter() - start, replacing=out.state == stage.REPLACE)
+        out.commit()  # _work/files.json, then the swap on --overwrite
+    return EmbeddingStore(output)
 
 
 def _pool_size(num_actors) -> tuple[int, int] | None:
@@ -291,7 +292,8 @@ class ShardSink(Datasink):
                              f"(e.g. {shard_name(missing[0])}); rerun with --resume")
 
 
-def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, embedded, seconds):
+def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, embedded, seconds,
+            replacing=False):
     """Gather errors, enforce the error budget, then write the manifest (last)."""
     error_parts = [storage.read_parquet(u) for k, u in storage.list_files(storage.join(output, WORK, "errors"))
                    if k.endswith(".parquet")]
@@ -300,9 +302,13 @@ def _commit(output, sizes, columns, settings, config, dim, source, max_error_fra
     storage.write_parquet(storage.join(output, ERRORS), errors)
     total = sum(sizes.values())
     if errors.num_rows > max_error_fraction * total:
-        raise TooManyErrors(f"{errors.num_rows} of {total} images could not be decoded "
-                            f"({errors.num_rows / total:.1%} > max_error_fraction {max_error_fraction:.1%}); "
-                            f"see {storage.join(output, ERRORS)}; the store has no manifest until a rerun "
+        failed = f"{errors.num_rows} of {total} images could not be decoded " \
+            f"({errors.num_rows / total:.1%} > max_error_fraction {max_error_fraction:.1%})"
+        if replacing:  # the staging is dropped: the old store stays as it was
+            raise TooManyErrors(f"{failed}, e.g. {errors.column('id')[0].as_py()!r}: "
+                                f"{errors.column('error')[0].as_py()}; the old store is unchanged; rerun "
+                                "--overwrite with a higher --max-error-fraction")
+        raise TooManyErrors(f"{failed}; see {storage.join(output, ERRORS)}; the store has no manifest until a rerun "
                             "with --resume and a higher --max-error-fraction")
     rate = round(embedded / seconds, 2) if embedded else None
     store = write_manifest(output, shards=[shard_name(p) for p in sorted(sizes)], dim=dim, dtype=settings["dtype"],

@@ -60,7 +60,8 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     partition_size : int, default=100000
         Rows per shard.
     overwrite : bool
-        Replace a non-empty ``output``.
+        Replace an existing store in ``output`` (only what a store run wrote: any other file
+        there is refused); the new one is written beside it and swapped in when complete.
 
     Examples
     --------

@@ -47,7 +47,7 @@ NEW, RESUME, FINISHED, REPLACE = "new", "resume", "finished", "replace"
 # The names each stage writes beside its _work/ (also known for outputs that have no files.json yet:
 # unfinished, or written before it existed). A selection also holds the curate pipeline's report.
 OWN = {
-    "embedding store": r"part-\d{5}\.parquet|_errors\.parquet|_manifest\.json",
+    "embedding store": r"part-\d{5,}\.parquet|_errors\.parquet|_manifest\.json",
     "selection": r"selection\.(parquet|csv|json)|report\.html",
     "calibration": r"calibrated\.parquet|calibration\.json",
     "finetuning run": r"model\.safetensors|classes\.json|metrics\.json",
@@ -125,13 +125,13 @@ def _decide(output: str, stage: str, settings: dict, marker: str, resume, overwr
         raise OutputExistsError(f"output {output} is not empty; {hint}")
     if not inv.ours:
         raise OutputExistsError(f"output {output} has no {stage} to resume")
-    diff = changes(inv.settings, settings)
+    diff = None if settings is None else changes(inv.settings, settings)
     if diff:
         raise OutputExistsError(f"{stage} {output} was {verb} with a different config {diff}; "
                                 "use another --output or --overwrite")
     if not inv.finished:
         return RESUME, inv
-    if inv.files:
+    if inv.files and settings is not None:
         diff = changes(inv.files.get("settings", {}), settings)
         if diff:
             raise OutputExistsError(f"{stage} {output} holds the result of a run with a different config {diff}; "
@@ -147,7 +147,8 @@ def check(output: str, stage: str, settings: dict, *, marker: str, resume: bool 
           overwrite: bool = False, verb: str = "started") -> str:
     """What a run of ``stage`` with ``settings`` may do with ``output``: :data:`NEW`, :data:`RESUME`,
     :data:`FINISHED` (resume found the marker) or :data:`REPLACE` (overwrite); refused otherwise,
-    also while another run holds the output's lease. ``resume=None``: the stage has no resume."""
+    also while another run holds the output's lease. ``resume=None``: the stage has no resume;
+    ``settings=None``: an early check, before the settings are known (they are compared later)."""
     return _decide(storage.output_uri(output), stage, settings, marker, resume, overwrite, verb)[0]
 
 
@@ -213,8 +214,7 @@ class Output:
         try:
             if self.state == REPLACE:  # the old output was never touched
                 storage.delete(self.dir)
-            elif self.state == NEW and isinstance(error, ActiveftError) and \
-                    not isinstance(error, (storage.StorageUnavailable, *keep_on)):
+            elif self.state == NEW and isinstance(error, ActiveftError) and not isinstance(error, keep_on):
                 self.lease.stop_heartbeat()  # (its file goes too)
                 storage.delete(self.uri)  # bad input found late: the output was empty before this run
                 if existed and not storage.is_remote(self.uri):
@@ -288,41 +288,3 @@ def writing(output: str | None, stage: str, settings: dict, *, marker: str, resu
             raise
         if state == REPLACE and not out.committed:  # nothing was committed: the old output stays
             storage.delete(out.dir)
-
-
-# ---- the earlier entry points ------------------------------------------------------------------------------------
-
-
-def start(output: str, stage: str, settings: dict, state: str) -> None:
-    """Begin a run checked by :func:`check` in place, without a lease (prefer :func:`writing`): on replace,
-    remove what this stage wrote (never anything else), then record the settings."""
-    if state == REPLACE:
-        inv = _Inventory(output, stage, None)
-        for key in inv.keys:
-            if key not in inv.foreign:
-                storage.delete(storage.join(output, key))
-    storage.check_writable(output)
-    storage.write_json(storage.join(output, RECORD), {"stage": stage, **settings})
-
-
-def prepare(output: str, stage: str, settings: dict, *, marker: str, resume: bool = False,
-            overwrite: bool = False) -> bool:
-    """:func:`check` then :func:`start`; True when a resumed run had already finished."""
-    state = check(output, stage, settings, marker=marker, resume=resume, overwrite=overwrite)
-    if state == FINISHED:
-        return True
-    start(output, stage, settings, state)
-    return False
-
-
-@contextlib.contextmanager
-def removed_on_user_error(uri: str | None):
-    """Remove ``uri`` again if it was empty or absent before and the block raises an
-    :class:`ActiveftError` (bad input found late, e.g. NaN rows met while loading)."""
-    fresh = uri is not None and not storage.has_entries(uri)
-    try:
-        yield
-    except ActiveftError:
-        if fresh:
-            storage.delete(uri)
-        raise

@@ -7,9 +7,10 @@ here, no downloads; random-init models, ``pretrained="none"``: speed does not de
 - ``model``: a real backbone (CUDA: ``vit_large_patch16_224``, as an H200 runs ``vit_small``
   faster than 16 cores decode; CPU: ``resnet18`` at 128 px).
 
-Baseline: ``DataLoader(num_workers=<CPUs>)`` decoding with the same transform
-(:class:`activeft.backbone.Preprocess`), the model in the main process (CPU: all cores as torch
-threads; CUDA: pinned memory, non-blocking copies and the same autocast dtype as activeft).
+Baseline: ``DataLoader(num_workers=<CPUs>)`` decoding with the same code
+(:func:`activeft.images.to_rgb`, :class:`activeft.backbone.Preprocess`), the model in the main
+process (CPU: all cores as torch threads; CUDA: pinned memory, non-blocking copies and the same
+autocast dtype as activeft).
 activeft: ``embed`` end to end (plan, Ray Data, shards, manifest) on a manifest of the first N
 images, with the default partition size. Each pipeline runs at two sizes N1 < N2; the marginal
 rate (N2 - N1) / (t2 - t1) cancels start-up (workers, model build). On CUDA, GPU utilisation is
@@ -18,8 +19,10 @@ sampled every 0.1 s (``nvidia-smi``) during the N2 runs. Ratios are measured in 
     python benchmarks/embed_throughput.py --json embed.json
 
 Defaults: CPU: 1,500 / 4,500 and 150 / 600 images, batch 64, 3 repeats (3-4 minutes on 2
-cores); CUDA: 8,000 / 48,000 and 2,000 / 14,000 images, batch 256, 1 repeat (about 3 minutes
-on one H200 with 16 cores).
+cores); CUDA: 10,000 / 50,000 and 10,000 / 30,000 images, batch 256, 1 repeat (about 3 minutes
+on one H200 with 16 cores). On 16 cores activeft decodes blocks of 256 rows from 8,192 images
+on (fewer below, to keep every core busy), so N1 of at least that keeps pipeline fill and drain
+equal at both sizes.
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ class _Files:
     def __getitem__(self, i):
         from PIL import Image
 
+        from activeft.images import to_rgb
+
         with Image.open(self.paths[i]) as img:
             img.load()
-            return self.pre(img)
+            return self.pre(to_rgb(img))
 
 
 class GpuSampler:
@@ -212,13 +217,13 @@ def main():
     p.add_argument("--settings", default="decode,model", help="comma list of: decode, model (default: both)")
     p.add_argument("--decode-model", default="test_resnet")
     p.add_argument("--decode-size", type=int, default=64)
-    p.add_argument("--decode-images", type=_pair, default=(8000, 48000) if cuda else (1500, 4500),
-                   help="N1,N2 (default 8000,48000 on CUDA, else 1500,4500)")
+    p.add_argument("--decode-images", type=_pair, default=(10000, 50000) if cuda else (1500, 4500),
+                   help="N1,N2 (default 10000,50000 on CUDA, else 1500,4500)")
     p.add_argument("--model", default="vit_large_patch16_224" if cuda else "resnet18",
                    help="model-bound setting's backbone (default: vit_large_patch16_224 on CUDA, else resnet18)")
     p.add_argument("--model-size", type=int, default=224 if cuda else 128)
-    p.add_argument("--model-images", type=_pair, default=(2000, 14000) if cuda else (150, 600),
-                   help="N1,N2 (default 2000,14000 on CUDA, else 150,600)")
+    p.add_argument("--model-images", type=_pair, default=(10000, 30000) if cuda else (150, 600),
+                   help="N1,N2 (default 10000,30000 on CUDA, else 150,600)")
     p.add_argument("--batch-size", type=int, default=256 if cuda else 64)
     p.add_argument("--repeats", type=int, default=1 if cuda else 3,
                    help="runs per pipeline and size (default 1 on CUDA, else 3); the median rate counts")

@@ -71,7 +71,8 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     seed : int, default=0
         Random seed.
     overwrite : bool
-        Replace an existing calibration in ``output``.
+        Replace an existing calibration in ``output`` (only what a calibration run wrote: any other file
+        there is refused); the new one is written beside it and swapped in when complete.
 
     Returns
     -------

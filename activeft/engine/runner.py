@@ -156,7 +156,13 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray Train's own checkpoint writes to an unreachable store: one line
+        outage = storage.unavailable(work, e)
+        if outage is None:
+            raise
+        raise outage from e
     log.info("ray train: %d workers finished in %.1f s", num_workers, time.perf_counter() - start)
     return result
 

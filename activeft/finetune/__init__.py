@@ -90,7 +90,8 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     resume : bool
         Continue the run in ``output`` (same config).
     overwrite : bool
-        Replace an existing run in ``output``.
+        Replace an existing run in ``output`` (only what a run run wrote: any other file
+        there is refused); the new one is written beside it and swapped in when complete.
 
     Returns
     -------

@@ -110,7 +110,8 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
     resume : bool
         Continue a stopped run in ``output`` from its last checkpoint.
     overwrite : bool
-        Replace an existing selection in ``output``.
+        Replace an existing selection in ``output`` (only what a selection run wrote: any other file
+        there is refused); the new one is written beside it and swapped in when complete.
     checkpoint_every : int, default=25
         Iterations between checkpoints of the optimiser state (0: never).
 
