@@ -13,16 +13,17 @@ process (CPU: all cores as torch threads; CUDA: pinned memory, non-blocking copi
 autocast dtype as activeft).
 activeft: ``embed`` end to end (plan, Ray Data, shards, manifest) on a manifest of the first N
 images, with the default partition size. Each pipeline runs at two sizes N1 < N2; the marginal
-rate (N2 - N1) / (t2 - t1) cancels start-up (workers, model build). On CUDA, GPU utilisation is
+rate (N2 - N1) / (t2 - t1), the median over the repeats, cancels start-up (workers, model
+build). On CUDA, GPU utilisation is
 sampled every 0.1 s (``nvidia-smi``) during the N2 runs. Ratios are measured in one process.
 
     python benchmarks/embed_throughput.py --json embed.json
 
-Defaults: CPU: 1,500 / 4,500 and 150 / 600 images, batch 64, 3 repeats (3-4 minutes on 2
-cores); CUDA: 10,000 / 50,000 and 10,000 / 30,000 images, batch 256, 1 repeat (about 3 minutes
-on one H200 with 16 cores). On 16 cores activeft decodes blocks of 256 rows from 8,192 images
-on (fewer below, to keep every core busy), so N1 of at least that keeps pipeline fill and drain
-equal at both sizes.
+Defaults: CPU: 1,500 / 4,500 and 150 / 600 images, batch 64, 3 repeats (4-5 minutes on 2
+cores; ``--repeats 1`` for a 2-minute smoke run); CUDA: 10,000 / 40,000 and 10,000 / 25,000
+images, batch 256, 1 repeat (about 3 minutes on one H200 with 16 cores). On 16 cores activeft
+decodes blocks of 256 rows from 8,192 images on (smaller blocks below, to keep every core
+busy), so an N1 of at least that keeps pipeline fill and drain equal at both sizes.
 """
 
 from __future__ import annotations
@@ -217,13 +218,13 @@ def main():
     p.add_argument("--settings", default="decode,model", help="comma list of: decode, model (default: both)")
     p.add_argument("--decode-model", default="test_resnet")
     p.add_argument("--decode-size", type=int, default=64)
-    p.add_argument("--decode-images", type=_pair, default=(10000, 50000) if cuda else (1500, 4500),
-                   help="N1,N2 (default 10000,50000 on CUDA, else 1500,4500)")
+    p.add_argument("--decode-images", type=_pair, default=(10000, 40000) if cuda else (1500, 4500),
+                   help="N1,N2 (default 10000,40000 on CUDA, else 1500,4500)")
     p.add_argument("--model", default="vit_large_patch16_224" if cuda else "resnet18",
                    help="model-bound setting's backbone (default: vit_large_patch16_224 on CUDA, else resnet18)")
     p.add_argument("--model-size", type=int, default=224 if cuda else 128)
-    p.add_argument("--model-images", type=_pair, default=(10000, 30000) if cuda else (150, 600),
-                   help="N1,N2 (default 10000,30000 on CUDA, else 150,600)")
+    p.add_argument("--model-images", type=_pair, default=(10000, 25000) if cuda else (150, 600),
+                   help="N1,N2 (default 10000,25000 on CUDA, else 150,600)")
     p.add_argument("--batch-size", type=int, default=256 if cuda else 64)
     p.add_argument("--repeats", type=int, default=1 if cuda else 3,
                    help="runs per pipeline and size (default 1 on CUDA, else 3); the median rate counts")
