@@ -25,7 +25,7 @@ from . import _ray, _shards, metrics, sources, stage, storage
 from .backbone import BackboneSpec, Preprocess, pooled_features
 from .errors import ParameterError, StoreError, TooManyErrors, check
 from .images import read_images
-from .params import BOOL, TEXT, Rule, declared, integer, number, one_of, optional, parsed, validate
+from .params import BOOL, TEXT, declared, integer, number, one_of, optional, parsed, validate
 from .store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,7 @@ def _pool_size(num_actors) -> tuple[int, int] | None:
 PARAMS = declared(embed, {
     "source": TEXT, "output": TEXT, "model": TEXT, "pretrained": TEXT, "batch_size": integer(1),
     "image_size": optional(integer(8)),
-    "num_actors": parsed(Rule(str | None, lambda v: True, "", int | str | None), _pool_size,
-                         "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX"),
+    "num_actors": parsed(_pool_size, "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", int | str | None, str | None),
     "gpus_per_actor": optional(number(0, strict=True)), "partition_size": integer(1), "dtype": one_of(*DTYPES),
     "max_error_fraction": number(0, maximum=1), "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
 

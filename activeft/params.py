@@ -85,17 +85,17 @@ def optional(rule: Rule) -> Rule:
                 None if rule.config_type is None else rule.config_type | None)
 
 
-def parsed(rule: Rule, parse: Callable[[Any], Any], expected: str) -> Rule:
-    """``rule`` whose values must also pass the library's own ``parse`` (which raises on bad input),
-    so the API, the config and the CLI accept the same values."""
+def parsed(parse: Callable[[Any], Any], expected: str, config_type: Any = None, cli_type: Any = str) -> Rule:
+    """A value the library's own ``parse`` accepts (it raises on bad input), so the API, the config
+    and the CLI accept the same values; the CLI reads it as ``cli_type``, YAML as ``config_type``."""
     def ok(v):
         try:
             parse(v)
-        except (ActiveftError, ValueError, TypeError):
+        except (ActiveftError, ValueError, TypeError, AttributeError):
             return False
-        return rule.ok(v)
+        return True
 
-    return Rule(rule.type, ok, expected, rule.config_type)
+    return Rule(cli_type, ok, expected, config_type)
 
 
 def declared(fn: Callable, rules: dict[str, Rule], flags: dict[str, tuple[str, ...]] | None = None) -> dict[str, Param]:

@@ -47,7 +47,7 @@ from ..export import export
 from ..heads import train_mlp
 from ..labels import class_indices, class_map, read_labels
 from ..logme import logme
-from ..params import BOOL, STORE, TABLE, TEXT, Rule, declared, integer, number, one_of, optional, parsed, validate
+from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, parsed, validate
 from ..select import select
 from ..store import EmbeddingStore
 from .strategies import STRATEGIES, strategy_job
@@ -264,11 +264,10 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
 
 PARAMS = declared(loop, {
     "store": STORE, "state": TEXT,
-    "round_budget": parsed(Rule(str, lambda v: True, "", int | str), lambda v: parse_budgets(v, None),
-                           "a count >= 1 or counts 'B1,B2,...'"),
+    "round_budget": parsed(lambda v: parse_budgets(v, None), "a count >= 1 or counts 'B1,B2,...'", int | str),
     "rounds": optional(integer(1)), "strategy": one_of(*STRATEGIES, "activeft", "random"),
     "first": one_of("activeft", "random"),
-    "refresh": parsed(TEXT, parse_refresh, "'never', 'logme' or 'at-labels:N'"),
+    "refresh": parsed(parse_refresh, "'never', 'logme' or 'at-labels:N'"),
     "refresh_mode": one_of("lp-ft", "full"), "refresh_epochs": optional(integer(1)),
     "final": one_of("auto", "linear", "lp-ft", "full", "none"), "final_threshold": integer(1),
     "oracle": optional(one_of("store-labels")), "labels": optional(TABLE), "eval_store": optional(STORE),

@@ -170,8 +170,8 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
 
 PARAMS = declared(select, {
     "store": Rule(str, lambda v: isinstance(v, (str, EmbeddingStore)), "a store URI or an EmbeddingStore"),
-    "budget": parsed(Rule(str, lambda v: True, "", int | float | str), lambda v: resolve_budget(v, 10 ** 15),
-                     "a count >= 1 or a fraction of the pool ('1%', '0.01')"),
+    "budget": parsed(lambda v: resolve_budget(v, 10 ** 15), "a count >= 1 or a fraction of the pool ('1%', '0.01')",
+                     int | float | str),
     "output": optional(TEXT),
     "method": Rule(str, lambda v: v in list_selectors(), "one of " + ", ".join(list_selectors())),
     "num_workers": integer(1), "use_gpu": BOOL, "precision": optional(one_of(*PRECISIONS)), "seed": integer(),
