@@ -34,9 +34,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Active finetuning at scale on Ray: embed an image pool, select what to label, finetune.")
 
 
-
 def _generated(body, params: dict, *, arguments=(), required=(), method_params: dict | None = None):
-    """``body(**values)`` as a typer command whose arguments and options are the declared ``params``
+    """``body(**values)`` made a typer command whose arguments and options are the declared ``params``
     (and ``method_params``, each defaulting to None: the method's own default)."""
     sig = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                              annotation=Annotated[str, typer.Argument(help=params[n].help)]) for n in arguments]
@@ -46,13 +45,9 @@ def _generated(body, params: dict, *, arguments=(), required=(), method_params: 
     sig += cli_parameters({k: p for k, p in (method_params or {}).items() if k not in params}, method_defaults=True)
     sig.sort(key=lambda p: p.default is not inspect.Parameter.empty and p.kind != p.POSITIONAL_OR_KEYWORD)
 
-    def command(**values):
-        return body(**values)
-
-    command.__signature__ = inspect.Signature(sig)
-    command.__annotations__ = {p.name: p.annotation for p in sig}
-    command.__doc__ = body.__doc__
-    return command
+    body.__signature__ = inspect.Signature(sig)
+    body.__annotations__ = {p.name: p.annotation for p in sig}
+    return body
 
 
 def _embed_command(**values):
