@@ -60,44 +60,36 @@ def _fetch(uri: str):
         return e
 
 
-def _fetch_all(uris: list[str]) -> list:
-    with ThreadPoolExecutor(8) as pool:  # object-store latency: fetch concurrently, decode serially
-        return list(pool.map(_fetch, uris))
-
-
-def _open(blob):
-    """A fetched image (bytes, or the exception fetching raised) decoded by :func:`to_rgb`, or the
-    exception that stopped it."""
+def open_images(uris: list[str]):
+    """Each image at ``uris`` (local or any object store) decoded to upright 8-bit RGB
+    (:func:`to_rgb`), or the exception that stopped it (an unreadable input is never fatal), one
+    at a time: the bytes are fetched concurrently (object-store latency), but a block of large
+    photos is never held decoded all at once."""
     from PIL import Image
 
-    try:
-        if isinstance(blob, Exception):
-            raise blob
-        with Image.open(io.BytesIO(blob)) as img:
-            img.load()
-            return to_rgb(img)
-    except Exception as e:  # recorded by the caller
-        return e
-
-
-def open_images(uris: list[str]) -> list:
-    """Each image at ``uris`` (local or any object store) decoded to upright 8-bit RGB
-    (:func:`to_rgb`), or the exception that stopped it: an unreadable input is never fatal."""
-    return [_open(blob) for blob in _fetch_all(uris)]
+    with ThreadPoolExecutor(8) as pool:
+        blobs = list(pool.map(_fetch, uris))
+    for blob in blobs:
+        try:
+            if isinstance(blob, Exception):
+                raise blob
+            with Image.open(io.BytesIO(blob)) as img:
+                img.load()
+                yield to_rgb(img)
+        except Exception as e:  # recorded by the caller
+            yield e
 
 
 def read_images(uris: list[str], config: dict, training: bool = False) -> tuple[np.ndarray, list[str]]:
-    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image,
-    decoded as :func:`open_images` does but one at a time (a block of large photos never holds
-    them all decoded); a row that cannot be read or decoded gets zeros and its error message
+    """``(images (n, 3, H, W) uint8, errors)``: timm's eval (or train) transform of each image of
+    :func:`open_images`; a row that cannot be read or decoded gets zeros and its error message
     ("" when fine)."""
     pre = preprocess(config_key(config), training)
     _, h, w = config["input_size"]
     images = np.zeros((len(uris), 3, h, w), np.uint8)
     errors = []
-    for i, blob in enumerate(_fetch_all(uris)):
+    for i, image in enumerate(open_images(uris)):
         try:
-            image = _open(blob)
             if isinstance(image, Exception):
                 raise image
             images[i] = pre(image)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import logging
 
 import numpy as np
@@ -142,12 +143,13 @@ class _Thumbnails:
             return
         rows = np.unique(rows)
         uris = store.take(rows, ["uri"]).column("uri").to_pylist()
-        first = open_images(uris[:1])[0]
+        first = next(open_images(uris[:1]))
         if isinstance(first, Exception):  # one probe: unreachable images cost one timeout, not one each
             log.warning("report: no thumbnails: cannot read %s: %s", uris[0], first)
             self.failed = len(uris)
             return
-        for row, image in zip(rows.tolist(), [first, *open_images(uris[1:])], strict=True):
+        images = itertools.chain([first], open_images(uris[1:]))
+        for row, image in zip(rows.tolist(), images, strict=True):
             if isinstance(image, Exception):
                 self.failed += 1
                 continue
