@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from .errors import ActiveftError
 
@@ -41,6 +42,22 @@ def init(address: str | None = None) -> None:
     log.info("Ray: %s at %s with %g CPUs, %g GPUs, %.1f GiB memory",
              f"joined the cluster {named!r}" if join else "started a local instance", where, res.get("CPU", 0),
              res.get("GPU", 0), res.get("memory", 0) / 2**30)
+
+
+def working_dir_copy() -> str | None:
+    """The copy of a Ray job's working directory that this process runs in, or None.
+
+    ``ray job submit --working-dir DIR`` uploads DIR (less what its ``.gitignore`` names) and starts the
+    entrypoint in an unpacked copy, ``<temp dir>/session_*/runtime_resources/working_dir_files/<package>/``,
+    which Ray deletes later; a ``local://`` working dir is used in place and is no copy. The rule: the
+    current directory, symlinks resolved, lies under ``working_dir_files/<package>`` two levels below a
+    ``session_*`` directory (where Ray's working_dir plugin unpacks; the middle name is configurable).
+    """
+    parts = Path(os.getcwd()).resolve().parts
+    for i in range(len(parts) - 3):
+        if parts[i].startswith("session_") and parts[i + 2] == "working_dir_files":
+            return str(Path(*parts[:i + 4]))
+    return None
 
 
 class _BelowError(logging.Filter):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import sys
 from typing import Annotated
 
@@ -173,13 +174,18 @@ def demo_data(
     folder: Annotated[str, typer.Argument(help="Folder to write the PNG files into.")] = "data/digits",
     size: Annotated[int, typer.Option(help="Side of the upscaled PNGs in pixels.")] = 32,
 ):
-    """Write a small real image set for trying activeft: scikit-learn's 1,797 handwritten digits as PNGs.
+    """Write a small real image set for trying activeft: scikit-learn's 1,797 handwritten digits as PNGs,
+    and a small backbone trained on them without labels (SimCLR, seconds on a CPU).
 
-    Needs scikit-learn (pip install "activeft[demo]"). Also writes FOLDER/_manifest.csv with the labels.
+    Needs scikit-learn (pip install "activeft[demo]"). Also writes FOLDER/_manifest.csv with the labels
+    and FOLDER/backbone.safetensors (timm test_resnet at 16 px, as configs/demo.yaml embeds it).
     """
-    from .demo import write_digits
+    from .demo import BACKBONE, MODEL, write_backbone, write_digits
 
-    typer.echo(f"{folder}: {write_digits(folder, size)} images")
+    n = write_digits(folder, size)
+    encoder = write_backbone(folder, size)
+    typer.echo(f"{folder}: {n} images; {os.path.join(folder, BACKBONE)}: {MODEL} trained without labels in "
+               f"{encoder.seconds} s (SimCLR, NT-Xent {encoder.losses[0]:.2f} -> {encoder.losses[-1]:.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:

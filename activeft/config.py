@@ -4,18 +4,25 @@ One schema serves every pipeline; each pipeline requires the sections it uses. S
 may use ``{date}`` (the UTC date of the run, ``YYYY-MM-DD``: scheduled runs write into a dated
 prefix) and ``{output}`` (the resolved ``output``). A wrong key, type or value fails before any
 work starts with one line naming the key and what is allowed.
+
+Relative paths resolve against the current directory. Under ``ray job submit --working-dir DIR`` that
+is Ray's temporary copy of DIR (:func:`activeft._ray.working_dir_copy`), which cannot see where the
+job was submitted from and which Ray deletes: there a config naming a relative path is refused, in one
+line, before any work (submit with ``--working-dir "local://$PWD"`` to run in your own directory, or
+use absolute paths or ``s3://`` URIs).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
-from . import storage
+from . import _ray, storage
 from .calibrate import PARAMS as calibrate_params
 from .embed import PARAMS as embed_params
 from .errors import ActiveftError, ConfigError
@@ -172,7 +179,8 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
             raise ConfigError(str(e)) from None
     try:
         variables["output"] = _resolve(str(tree.get("output", "")), variables).rstrip("/")
-        cfg = Config.model_validate(_resolve(tree, variables))
+        given = _resolve(tree, variables)
+        cfg = Config.model_validate(given)
         cfg = Config.model_validate(_resolve(cfg.model_dump(), variables))  # defaults that use {output}
     except ValidationError as e:
         raise ConfigError(_describe(e.errors()[0], Config)) from None
@@ -183,18 +191,41 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
             get_selector(cfg.select.method)(seed=cfg.select.seed, **cfg.select.params)
         except ActiveftError as e:
             raise ConfigError(f"config key 'select.params': {e}") from None
-    for key, value in _paths(cfg.model_dump()):  # where stages write: never empty, never a filesystem root
+    for key, value in _paths(cfg.model_dump(), _OUTPUTS):  # where stages write: never empty, never a filesystem root
         try:
             storage.output_uri(value, f"config key '{key}'")
         except ActiveftError as e:
             raise ConfigError(str(e)) from None
+    _check_relative(given)
     return cfg
 
 
-def _paths(tree: dict, prefix: str = ""):
-    """``(dotted key, value)`` of the outputs and stores a config names."""
+# The keys that name files or directories, in every section: where stages write, and what they read
+# (``pretrained`` is a path unless it is one of its keywords).
+_OUTPUTS = ("output", "store", "state")
+_INPUTS = ("source", "exclude", "labels", "selection", "val", "val_store", "eval_store", "pretrained")
+_KEYWORDS = {"pretrained": ("hub", "none")}
+
+
+def _paths(tree: dict, keys: tuple[str, ...], prefix: str = ""):
+    """``(dotted key, value)`` of the paths under ``keys`` that a config names (method ``params`` hold none)."""
     for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _paths(v, f"{prefix}{k}.")
-        elif k in ("output", "store", "state") and isinstance(v, str):
+        if isinstance(v, dict) and k != "params":
+            yield from _paths(v, keys, f"{prefix}{k}.")
+        elif k in keys and isinstance(v, str) and v not in _KEYWORDS.get(k, ()):
             yield f"{prefix}{k}", v
+
+
+def _check_relative(given: dict) -> None:
+    """Refuse relative paths in a Ray job's working-dir copy: they would resolve inside it (outputs lost
+    with it, inputs not found), never where the job was submitted from, which Ray does not pass on."""
+    copy = _ray.working_dir_copy()
+    if copy is None:
+        return
+    relative = [f"{k}={v!r}" for k, v in _paths(given, _OUTPUTS + _INPUTS)
+                if not storage.is_remote(v) and not os.path.isabs(os.path.expanduser(v.removeprefix("file://")))]
+    if relative:
+        raise ConfigError(f"relative path{'s' if len(relative) > 1 else ''} in the config ({', '.join(relative)}) "
+                          f"would resolve inside Ray's temporary copy of the job's working directory ({copy}), "
+                          "which Ray deletes; use absolute paths or s3:// URIs, or, on a one-machine cluster, "
+                          'submit with --working-dir "local://$PWD" so that the job runs in your directory')

@@ -113,10 +113,12 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
             storage.delete(_shards.staging_uri(work, p))
         log.info("embed: %d images in %d partitions; %d new images; %d partitions to embed",
                  sum(sizes.values()), len(sizes), new, len(todo))
-        if todo:
+        fresh = _uncounted(work, sizes)
+        if todo or fresh:  # (fresh alone: shards a killed run left, counted on Ray's metrics by _commit)
             _ray.init()
+        if todo:
             _run_pipeline(work, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
-        _commit(work, sizes, columns, settings, config, dim, source, max_error_fraction,
+        _commit(work, sizes, columns, settings, config, dim, source, max_error_fraction, fresh,
                 embedded=sum(todo.values()), seconds=time.perf_counter() - start, replacing=out.state == stage.REPLACE)
         out.commit()  # _work/files.json, then the swap on --overwrite
     return EmbeddingStore(output)
@@ -211,7 +213,6 @@ def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
     ``(n, 3, H, W)`` uint8 (Ray Data's tensor extension, built from one ndarray); failures
     become an ``error`` string."""
     images, errors = read_images(batch.column("uri").to_pylist(), config)
-    metrics.inc("activeft_decode_errors", sum(1 for e in errors if e), stage="embed")
     return batch.append_column("image", ArrowTensorArray.from_numpy(images)).append_column(
         "error", pa.array(errors, pa.string()))
 
@@ -258,7 +259,6 @@ class Embedder:
             with torch.inference_mode(), torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
                 feats = pooled_features(self.model, self.pre.normalize(x))
             out[ok] = F.normalize(feats.float(), dim=1).cpu().numpy()
-            metrics.inc("activeft_images_embedded", len(ok), stage="embed")
         batch = batch.drop_columns(["image"])
         return batch.append_column("embedding", embedding_array(out, self.dtype))
 
@@ -291,13 +291,21 @@ class ShardSink(Datasink):
                              f"(e.g. {shard_name(missing[0])}); rerun with --resume")
 
 
-def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, embedded, seconds,
+def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, fresh, embedded, seconds,
             replacing=False):
-    """Gather errors, enforce the error budget, then write the manifest (last)."""
-    error_parts = [storage.read_parquet(u) for k, u in storage.list_files(storage.join(output, WORK, "errors"))
-                   if k.endswith(".parquet")]
+    """Gather errors, enforce the error budget, then write the manifest (last) and count what it commits.
+
+    ``activeft_images_embedded`` and ``activeft_decode_errors`` are counted here, on the driver, from the
+    store itself: the rows and errors of the ``fresh`` partitions, whose shards this manifest lists and the
+    previous one did not. A shard is written once from its partition's de-duplicated rows and first listed
+    by one manifest, so each image counts once however often Ray retried or re-executed the tasks that
+    decoded or embedded it (counting in those tasks counted every attempt); the shards of a killed run
+    count with the next run's manifest.
+    """
+    error_parts = {k: storage.read_parquet(u) for k, u in storage.list_files(storage.join(output, WORK, "errors"))
+                   if k.endswith(".parquet")}
     schema = pa.schema([("id", pa.string()), ("uri", pa.string()), ("error", pa.string())])
-    errors = pa.concat_tables(error_parts).sort_by("id") if error_parts else schema.empty_table()
+    errors = pa.concat_tables(error_parts.values()).sort_by("id") if error_parts else schema.empty_table()
     storage.write_parquet(storage.join(output, ERRORS), errors)
     total = sum(sizes.values())
     if errors.num_rows > max_error_fraction * total:
@@ -314,6 +322,18 @@ def _commit(output, sizes, columns, settings, config, dim, source, max_error_fra
                            columns=columns, source=source, errors=errors.num_rows, backbone=settings["backbone"],
                            preprocessing=config, partition_size=settings["partition_size"],
                            last_run={"embedded": embedded, "seconds": round(seconds, 2), "images_per_s": rate})
+    rows = {s["name"]: s["rows"] for s in store.manifest["shards"]}
+    metrics.inc("activeft_images_embedded", sum(rows[shard_name(p)] for p in fresh), stage="embed")
+    metrics.inc("activeft_decode_errors", sum(error_parts[shard_name(p)].num_rows for p in fresh
+                                              if shard_name(p) in error_parts), stage="embed")
     log.info("embed: %s: %d rows in %d shards, %d errors; embedded %d images in %.1f s (%s images/s)",
              output, len(store), len(sizes), errors.num_rows, embedded, seconds, rate)
     return store
+
+
+def _uncounted(store: str, sizes: dict[int, int]) -> list[int]:
+    """The partitions whose shards the store's manifest does not list yet (an earlier run committed, and
+    counted, those it lists)."""
+    uri = storage.join(store, MANIFEST)
+    listed = {s["name"] for s in storage.read_json(uri)["shards"]} if storage.exists(uri) else set()
+    return [p for p in sorted(sizes) if shard_name(p) not in listed]

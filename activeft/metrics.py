@@ -3,6 +3,11 @@
 ``ray.util.metrics`` objects are created lazily in whichever process reports (driver, Ray
 Data task, actor or Ray Train worker) and only when Ray is running, so library code can
 call :func:`inc` and :func:`set` unconditionally.
+
+A counter counts what a task did only where no retry repeats it: Ray may retry or re-execute a task, and
+an increment inside it counts every attempt. The embed stage's ``activeft_images_embedded`` and
+``activeft_decode_errors`` are therefore counted on the driver, from the shards each manifest commits
+(:func:`activeft.embed._commit`).
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 Sections: a gallery of the selected images (inline thumbnails read from wherever the images live,
 local or object storage); a 2-D PCA projection of a pool sample with the selected points (inline
-SVG: hovering a selected point shows its image); the loss (ActiveFT) or inertia (k-means) curve;
-the coverage (mean cosine similarity of pool samples to their nearest selected sample) against a
-random selection of the same size; the share of the pool sample and of the selection in each of
-``clusters`` k-means clusters of the sample, and each cluster's most central images with the ones
-selected from it; and, when the store has labels, the class balance of the selection against the
-pool's. A store of imported embeddings (no image uris) gets no images.
+SVG: hovering a selected point shows its image); the loss (ActiveFT), inertia (k-means) or gain
+per pick (MaxHerding, ProbCover) curve; the coverage (mean cosine similarity of pool samples to
+their nearest selected sample) against a random selection of the same size; the share of the pool
+sample and of the selection in each of ``clusters`` k-means clusters of the sample, and each
+cluster's most central images with the ones selected from it; and, when the store has labels, the
+class balance of the selection against the pool's. A store of imported embeddings (no image uris) gets no images.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     examples = _cluster_examples(pool, assign, centroids)
     thumbs = _Thumbnails(store, np.concatenate([sel_rows[:GALLERY], pool_rows[np.concatenate(examples)]]))
     sections = [_summary(sel, n), _gallery(sel, sel_rows, thumbs), _projection(pool, chosen, sel, sel_rows, thumbs),
-                _loss_curve(sel.info), _coverage(sel.info),
+                _loss_curve(sel), _coverage(sel.info),
                 _cluster_coverage(assign, sel_assign, len(centroids)),
                 _cluster_gallery(examples, pool_rows, assign, sel_assign, sel_rows, sel, thumbs)]
     if store.has_labels:
@@ -181,14 +181,25 @@ def _summary(sel: Selection, n: int) -> str:
     return f"<table>{cells}</table>"
 
 
-def _loss_curve(info: dict) -> str:
-    name, values = next(((k, info[k]) for k in ("loss_history", "inertia_history") if info.get(k)), (None, None))
+CURVES = {  # what a selection records of its optimisation: (where, key) -> (title, x label, y label)
+    ("info", "loss_history"): ("ActiveFT loss", "iteration", "loss"),
+    ("info", "inertia_history"): ("k-means inertia", "iteration", "inertia"),
+    ("column", "gain"): ("MaxHerding: kernel coverage gained by each pick", "pick", "gain"),
+    ("column", "degree"): ("ProbCover: rows newly covered by each pick", "pick", "rows"),
+}
+
+
+def _loss_curve(sel: Selection) -> str:
+    found = ((labels, sel.info.get(key) if where == "info" else
+              sel.table.column(key).to_pylist() if key in sel.table.column_names else None)
+             for (where, key), labels in CURVES.items())
+    (title, x_label, y_label), values = next(((labels, v) for labels, v in found if v), ((None,) * 3, None))
     if not values:
         return ""
-    fig, ax = _figure("ActiveFT loss" if name == "loss_history" else "k-means inertia")
+    fig, ax = _figure(title)
     ax.plot(np.arange(1, len(values) + 1), values)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss" if name == "loss_history" else "inertia")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     return _section("Optimisation curve", _png(fig))
 
 

@@ -208,7 +208,7 @@ class EmbeddingStore:
         """
         n = len(self)
         align = 4096 if n >= world_size * 4096 * 4 else 1
-        bound = lambda r: min(n, round(r * n / world_size / align) * align)  # noqa: E731
+        bound = lambda r: n if r == world_size else min(n, round(r * n / world_size / align) * align)  # noqa: E731
         return bound(rank), bound(rank + 1)
 
 

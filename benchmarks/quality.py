@@ -2,10 +2,12 @@
 
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``): the 60,000 training images are the unlabeled
 pool, the 10,000 test images the test set. Features are the unsupervised stand-in of
-``fashion_mnist.py`` (whitened PCA-64 of the pixels, fitted on the pool only), or a real timm
-backbone through the embed stage with ``--model NAME --pretrained PATH|hub``.
+``fashion_mnist.py`` (whitened PCA-64 of the pixels, fitted on the pool only), or a timm backbone
+through the embed stage with ``--model NAME --pretrained PATH|hub``: the second feature space is
+``ssl_encoder.py``'s, trained on the pool images without labels (``--model test_resnet
+--image-size 32 --pretrained benchmarks/weights/fashion-mnist-simclr-test_resnet.safetensors``).
 
-Every cell goes through the product's stages: ``activeft.select`` (random, fds, kmeans, activeft),
+Every cell goes through the product's stages: ``activeft.select`` (every registered method),
 the pool's own labels as the annotation oracle for the selected ids, ``activeft.calibrate`` for
 activedc (ActiveFT's selection + calibration), then ``activeft.finetune(mode="linear")`` (the same
 logistic-regression recipe for every method) scored on the test store. Reported: top-1 on the
@@ -13,6 +15,7 @@ test set, mean +- std over seeds, and the selection (and calibration) time.
 
     python benchmarks/quality.py                                  # the full table (about 20 min on 2 cores)
     python benchmarks/quality.py --pool-size 2000 --test-size 1000 --budgets 20 --seeds 1   # a smoke run
+    python benchmarks/quality.py --merge a.json,b.json --out ab.json      # one table of several runs
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ import fashion_mnist  # noqa: E402
 import activeft  # noqa: E402
 from activeft.calibrate import CALIBRATION  # noqa: E402
 
-METHODS = ("random", "fds", "kmeans", "activeft", "activedc")
+METHODS = ("random", "fds", "kmeans", "activeft", "activedc", "probcover", "typiclust", "herding", "bilaf")
 log = logging.getLogger("quality")
 
 
-def embed_with_backbone(workdir: str, model: str, pretrained: str, pool_size, test_size):
+def embed_with_backbone(workdir: str, model: str, pretrained: str, image_size, pool_size, test_size):
     """Write the images as PNG files with a labeled manifest, then embed them with the embed stage."""
     from PIL import Image
 
@@ -57,16 +60,18 @@ def embed_with_backbone(workdir: str, model: str, pretrained: str, pool_size, te
         with open(manifest, "w") as f:
             f.write("\n".join(lines) + "\n")
         out = os.path.join(workdir, f"store-{model.replace('/', '_')}-{split}-{size or 'all'}")
-        stores.append(activeft.embed(manifest, out, model=model, pretrained=pretrained, resume=True))
+        stores.append(activeft.embed(manifest, out, model=model, pretrained=pretrained, image_size=image_size,
+                                     resume=True))
     return tuple(stores)
 
 
 def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
-    base = os.path.join(workdir, "cells", f"{method}-{budget}-{seed}")
+    features = os.path.relpath(pool.uri, workdir).replace(os.sep, "-")  # runs on other features never collide
+    base = os.path.join(workdir, "cells", features, f"{method}-{budget}-{seed}")
     select_method = "activeft" if method == "activedc" else method
     start = time.perf_counter()
     sel = activeft.select(pool, budget, method=select_method, seed=seed, output=os.path.join(base, "sel"),
-                          overwrite=True, **params.get(select_method, {}))
+                          overwrite=True, **params.get(method if method != "activedc" else "activeft", {}))
     row = {"method": method, "budget": budget, "seed": seed, "select_s": round(time.perf_counter() - start, 2)}
     labels = pa.table({"id": sel.ids, "label": [truth[i] for i in sel.ids]})
     train = labels
@@ -84,8 +89,8 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
 
 
 def table(rows, budgets, methods) -> str:
-    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | selection s (B = {budgets[-1]}) |",
-             "|---|" + "---|" * (len(budgets) + 1)]
+    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | selection s (B = {budgets[-1]}) | runs |",
+             "|---|" + "---|" * (len(budgets) + 2)]
     for m in methods:
         cells = []
         for b in budgets:
@@ -93,7 +98,8 @@ def table(rows, budgets, methods) -> str:
             cells.append(f"{np.mean(acc):.1f} ± {np.std(acc):.1f}" if acc else "")
         last = [r for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
         secs = [r["select_s"] + r.get("calibrate_s", 0) for r in last]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} |")
+        runs = len({r["seed"] for r in rows if r["method"] == m})
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} | {runs} |")
     return "\n".join(lines)
 
 
@@ -108,21 +114,32 @@ def main(argv=None) -> dict:
                                                "test set: the validation split for choosing hyperparameters")
     p.add_argument("--model", help="embed with this timm backbone instead of the PCA features")
     p.add_argument("--pretrained", default="hub", help="weights for --model: hub or a path")
-    p.add_argument("--activeft", default="{}", help="JSON of ActiveFT parameters, e.g. '{\"temperature\": 0.1}'")
-    p.add_argument("--calibrate", default="{}", help="JSON of calibration parameters, e.g. '{\"alpha\": 0.5}'")
+    p.add_argument("--image-size", type=int, help="input side for --model (default: the model's own)")
+    p.add_argument("--params", default="{}", help="JSON of parameters by method (and 'calibrate'), e.g. "
+                                                   "'{\"herding\": {\"bandwidth\": 0.5}}'")
     p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "quality"))
     p.add_argument("--out", help="write the raw rows and the table as JSON here")
+    p.add_argument("--merge", help="print one table of these result JSONs (comma-separated) and write it to --out")
     args = p.parse_args(argv)
+    if args.merge:
+        parts = [json.load(open(f)) for f in args.merge.split(",")]
+        rows = [r for part in parts for r in part["rows"]]
+        budgets = sorted({r["budget"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        return fashion_mnist.write_result({**{k: parts[0][k] for k in ("features", "scored_on", "pool", "test")},
+                                           "params": [part["params"] for part in parts], "merged": args.merge,
+                                           "rows": rows, "table": table(rows, budgets, methods)}, args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("activeft").setLevel(logging.WARNING)
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
     if args.model:
-        pool, test = embed_with_backbone(args.workdir, args.model, args.pretrained, args.pool_size, args.test_size)
+        pool, test = embed_with_backbone(args.workdir, args.model, args.pretrained, args.image_size, args.pool_size,
+                                         args.test_size)
     else:
         pool, test = fashion_mnist.build_stores(args.workdir, args.pool_size, args.test_size, holdout=args.holdout)
     truth = dict(zip(pool.ids(), pool.read(columns=["label"]).column("label").to_pylist(), strict=True))
-    params = {"activeft": json.loads(args.activeft), "calibrate": json.loads(args.calibrate)}
+    params = json.loads(args.params)
     rows = []
     for budget in budgets:
         for seed in range(args.seeds):

@@ -13,8 +13,9 @@ Parts (``--only``, comma-separated; default all but ``ray``):
   faiss imports, against one ``faiss.Kmeans`` iteration; same data and initial centroids.
 - ``seeding``: k-means|| seeding at k = ``--k``, and k-means++ at k = ``--pp-k`` (one pass per
   seed: its time per seed, times k, is what k-means++ would take at k).
-- ``select``: ``activeft.select`` end to end (``--iterations``, mapping, coverage; one worker, in
-  process, no Ray) on a store of ``--select-n`` rows (float16 on CUDA).
+- ``select``: ``activeft.select`` end to end for each of ``--methods`` (ActiveFT: ``--iterations``;
+  with the coverage report; one worker, in process, no Ray) on a store of ``--select-n`` rows
+  (float16 on CUDA).
 - ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
 
 Data: unit vectors around 100 centres with isotropic noise (so a row's nearest centroids are
@@ -23,6 +24,8 @@ nearly equidistant: a hard case for reduced precision). Times are the best of a 
     python benchmarks/select_speed.py --device cuda --json select.json     # N 1.28M, D 384, B 12,800
     python benchmarks/select_speed.py --device cpu --threads 1 --n 100000 --b 1000 --k 1000 \\
         --minibatch 50000 --select-n 20000 --pp-k 20 --json select-cpu.json
+    python benchmarks/select_speed.py --device cpu --only select --n 1000000 --d 128 --b 10000 \\
+        --methods probcover,typiclust,herding,bilaf --json select-coverage-cpu.json   # 1% of 1M x 128
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ TARGETS = {  # (part, key) -> (device, test on the row, text)
     ("lloyd", "plain"): ("cuda", lambda r: r["ratio_to_plain"] <= 1.3, "<= 1.3x plain torch step"),
     ("lloyd", "faiss"): ("cpu", lambda r: r["ratio_to_faiss"] <= 1.2, "<= 1.2x faiss.Kmeans"),
     ("seeding", None): ("cuda", lambda r: r["kmeans_parallel_s"] < 5, "< 5 s at k = 12,800"),
-    ("select", None): ("cuda", lambda r: r["wall_s"] < 30, "< 30 s end to end"),
+    ("select", "activeft"): ("cuda", lambda r: r["wall_s"] < 30, "< 30 s end to end"),
+    **{("select", m): ("cpu", lambda r: r["wall_s"] < 600 if r["N"] >= 1_000_000 else None, "< 10 min at N = 1M")
+       for m in ("probcover", "typiclust", "herding", "bilaf")},
 }
 
 
@@ -230,23 +235,27 @@ def part_seeding(a, x):
 
 
 def part_select(a, device):
+    """``activeft.select`` end to end for each of ``--methods``, on one store."""
     import activeft
 
     n, b = a.select_n, max(1, a.b * a.select_n // a.n)
     dtype = "float16" if device.type == "cuda" else "float32"
+    rows = []
     with tempfile.TemporaryDirectory(dir=a.workdir) as d:
         np.save(f"{d}/x.npy", data(n, a.d, seed=5).numpy())
         with open(f"{d}/ids.txt", "w") as f:
             f.write("\n".join(f"r{i}" for i in range(n)))
         store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt", dtype=dtype)
-        t = time.perf_counter()
-        sel = activeft.select(store, b, method="activeft", iterations=a.iterations, use_gpu=device.type == "cuda")
-        wall = time.perf_counter() - t
-    row = {"N": n, "D": a.d, "B": b, "store_dtype": dtype, "iterations": a.iterations, "wall_s": wall,
-           "select_s": sel.info["seconds_select"], "coverage": sel.info["coverage"],
-           "coverage_random": sel.info["coverage_random"]}
-    print(json.dumps(row), flush=True)
-    return row
+        for method in a.methods.split(","):
+            params = {"iterations": a.iterations} if method == "activeft" else {}
+            t = time.perf_counter()
+            sel = activeft.select(store, b, method=method, use_gpu=device.type == "cuda", **params)
+            wall = time.perf_counter() - t
+            rows.append({"method": method, "N": n, "D": a.d, "B": b, "store_dtype": dtype, **params, "wall_s": wall,
+                         "select_s": sel.info["seconds_select"], "coverage": sel.info["coverage"],
+                         "coverage_random": sel.info["coverage_random"]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def part_ray(a, device):
@@ -264,7 +273,8 @@ def part_ray(a, device):
         row, ids = {"N": n, "B": b, "iterations": a.iterations}, None
         for w in (1, 2):
             t = time.perf_counter()
-            sel = activeft.select(store, b, num_workers=w, iterations=a.iterations, use_gpu=device.type == "cuda")
+            sel = activeft.select(store, b, method="activeft", num_workers=w, iterations=a.iterations,
+                                  use_gpu=device.type == "cuda")
             row[f"wall_s_{w}_workers"] = time.perf_counter() - t
             ids = ids or sel.ids
             row["same_selection"] = ids == sel.ids
@@ -302,9 +312,9 @@ def table(result: dict) -> str:
         r = result["seeding"]
         line("seeding", None, f"k-means|| (k {r['k']:,}) / k-means++ estimate", r["kmeans_parallel_s"],
              r["kmeans_plusplus_estimate_at_k_s"], 1 / r["speedup_vs_estimate"], r)
-    if "select" in result:
-        r = result["select"]
-        line("select", None, f"select end to end ({r['iterations']} it., N {r['N']:,}) / fit", r["wall_s"],
+    for r in result.get("select", []):
+        what = f"{r['iterations']} it." if r["method"] == "activeft" else f"B {r['B']:,}"
+        line("select", r["method"], f"{r['method']} end to end ({what}, N {r['N']:,}) / fit", r["wall_s"],
              r["select_s"], r["wall_s"] / r["select_s"], r)
     for part, error in result.get("errors", {}).items():
         lines.append(f"{part:<10} FAILED: {error.splitlines()[-1]}")
@@ -324,6 +334,7 @@ def main():
     p.add_argument("--pp-k", type=int, default=500, help="k-means++ seeds timed for the per-seed rate")
     p.add_argument("--select-n", type=int, help="rows of the end-to-end store (default: --n)")
     p.add_argument("--iterations", type=int, default=300, help="ActiveFT iterations end to end")
+    p.add_argument("--methods", default="activeft", help="selectors timed end to end (comma-separated)")
     p.add_argument("--precisions", help="comma-separated (default: fp32,tf32,bf16 on CUDA, fp32,bf16 on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None, help="where the end-to-end store is written (default: tmp)")

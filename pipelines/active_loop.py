@@ -1,6 +1,6 @@
 """Active loop: (embed) -> multi-round selection through a proxy (ASVP), feature refresh, final model.
 
-    ray job submit --working-dir . -- python pipelines/active_loop.py --config configs/loop.yaml
+    ray job submit --working-dir "local://$PWD" -- python pipelines/active_loop.py --config configs/loop.yaml
 With `loop.labels` (human in the loop) a round exports its selection and the job ends; submit it
 again once the labels table has grown, and it continues with the next round.
 """

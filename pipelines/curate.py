@@ -1,6 +1,8 @@
 """Curate: embed the pool, select what to label, write the report and the annotation export.
 
-    ray job submit --working-dir . -- python pipelines/curate.py --config configs/demo.yaml
+    ray job submit --working-dir "local://$PWD" -- python pipelines/curate.py --config configs/demo.yaml
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python pipelines/curate.py --config configs/imagenet-1pct.yaml       # s3:// paths on a cluster
     activeft run curate --config configs/demo.yaml --set select.budget=1%
 """
 

@@ -1,6 +1,6 @@
 """Train, after the labels came back: (ActiveDC calibration) -> finetune -> evaluate.
 
-    ray job submit --working-dir . -- python pipelines/train.py --config configs/demo.yaml \
+    ray job submit --working-dir "local://$PWD" -- python pipelines/train.py --config configs/demo.yaml \
         --set train.labels=labels.csv
 """
 

@@ -5,12 +5,12 @@ runs are simulated in-process by threads whose collectives meet at a barrier.
 """
 
 import re
-import threading
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sharding import sharded
 
 from activeft.engine import (
     Collectives,
@@ -190,56 +190,6 @@ def test_kmeans_is_the_same_in_every_precision_and_for_float16():
     assert torch.equal(c, ref[0]) and history == ref[1]
 
 
-class ThreadCollectives(Collectives):
-    """Rank ``rank`` of ``world`` threads: each collective meets the others at a barrier; sums in rank order."""
-
-    def __init__(self, rank, world, shared):
-        self.rank, self.world_size, self.shared = rank, world, shared
-
-    def _exchange(self, obj):
-        slots, barrier = self.shared["slots"], self.shared["barrier"]
-        slots[self.rank] = obj
-        barrier.wait()
-        out = list(slots)
-        barrier.wait()
-        return out
-
-    def all_reduce(self, t):
-        parts = self._exchange(t.clone())
-        t.copy_(sum(parts[1:], parts[0]))
-        return t
-
-    def all_gather(self, t):
-        return torch.stack(self._exchange(t.clone()))
-
-    def all_gather_object(self, obj):
-        return self._exchange(obj)
-
-
-def sharded(fn, x, bounds, precision=None):
-    """Run ``fn(pool, comm)`` on one thread per shard ``[bounds[i], bounds[i + 1])``; every rank's result."""
-    world = len(bounds) - 1
-    shared = {"slots": [None] * world, "barrier": threading.Barrier(world, timeout=60)}
-    out, errors = [None] * world, []
-
-    def rank(r):
-        try:
-            pool = Pool(x[bounds[r]:bounds[r + 1]], bounds[r], len(x), precision)
-            out[r] = fn(pool, ThreadCollectives(r, world, shared))
-        except BaseException as e:  # noqa: BLE001  (re-raised in the test)
-            errors.append(e)
-            shared["barrier"].abort()
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
-
-
 def test_row_uniforms_do_not_depend_on_the_sharding():
     x = torch.zeros(300, 2)
     whole = row_uniforms(Pool(x, 0, 300), torch.Generator().manual_seed(0), block=64)
@@ -330,3 +280,14 @@ def test_store_float16_reads_without_conversion(tmp_path):
 
     pool = load_pool(store, 0, 1, "cpu", precision="bf16")  # CPU keeps float32, as before
     assert pool.x.dtype == torch.float32 and pool.precision == "bf16"
+
+
+@pytest.mark.parametrize("n", [50_000, 60_000, 16_383, 7])
+def test_worker_ranges_hold_every_row_once(n):
+    from activeft.store import EmbeddingStore
+
+    pool = type("Pool", (), {"__len__": lambda self: n})()
+    for world in (1, 2, 3, 5):
+        bounds = [EmbeddingStore.worker_range(pool, r, world) for r in range(world)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n  # 50,000 rows on one worker once held 49,152
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))

@@ -161,4 +161,4 @@ def test_logme_refresh_policy_and_bad_options(store, tmp_path):
     with pytest.raises(activeft.errors.ParameterError, match="exactly one of oracle and labels"):
         run_loop(store, tmp_path / "c", labels="x.csv")
     with pytest.raises(activeft.errors.ParameterError, match="'strategy' parameter of loop must be one of margin"):
-        run_loop(store, tmp_path / "d", strategy="typiclust")
+        run_loop(store, tmp_path / "d", strategy="typicality")  # not a strategy nor a selector

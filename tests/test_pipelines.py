@@ -31,7 +31,7 @@ def small(tmp_path, source, **select):
     return {"name": "t", "output": str(tmp_path / "out"),
             "embed": {"source": source, "model": "resnet18", "pretrained": "none", "image_size": 32,
                       "partition_size": 50},
-            "select": {"budget": 6, "params": {"iterations": 30}, **select},
+            "select": {"method": "activeft", "budget": 6, "params": {"iterations": 30}, **select},
             "report": {"sample": 500, "clusters": 4}}
 
 
@@ -42,7 +42,8 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     cases = [
         ({**good, "selekt": {}}, [], "config key 'selekt' is not allowed here; allowed keys: name, output, embed"),
         ({**good, "select": {**good["select"], "method": "kmean"}}, [],
-         "config key 'select.method': must be one of activeft, fds, kmeans, random \\(got 'kmean'\\)"),
+         "config key 'select.method': must be one of activeft, bilaf, fds, herding, kmeans, probcover, random, "
+         "typiclust \\(got 'kmean'\\)"),
         (good, ["embed.batch_size=many"], "config key 'embed.batch_size': input should be a valid integer"),
         (good, ["select.params.temperature=-1"], "config key 'select.params': The 'temperature' parameter of "
                                                  "activeft must be a float > 0"),

@@ -18,7 +18,9 @@ from activeft.select import get_selector, list_selectors, resolve_budget
 from activeft.select.activeft import loss_and_grad
 
 pytestmark = pytest.mark.timeout(240)
-FAST = {"activeft": {"iterations": 60}, "kmeans": {"iterations": 20}, "fds": {}, "random": {}}
+FAST = {"activeft": {"iterations": 60}, "kmeans": {"iterations": 20}, "fds": {}, "random": {}, "probcover": {},
+        "herding": {}, "typiclust": {"iterations": 20}, "bilaf": {"core": "kmeans"}}
+SEEDLESS = {"probcover", "herding"}  # exact graphs and greedy picks: no random choice on these pools
 
 
 def clustered(n_per=120, k=6, d=16, seed=0):
@@ -109,7 +111,7 @@ def test_every_selector_gives_budget_unique_ids_deterministically(store, method,
     again = activeft.select(store, 25, method=method, seed=7, **FAST[method])
     assert again.ids == sel.ids
     other = activeft.select(store, 25, method=method, seed=8, **FAST[method])
-    assert other.ids != sel.ids
+    assert (other.ids == sel.ids) == (method in SEEDLESS)
     table = pq.read_table(tmp_path / "sel" / "selection.parquet")
     assert table.column("id").to_pylist() == sel.ids and table.column("rank").to_pylist() == list(range(25))
     assert (tmp_path / "sel" / "selection.csv").read_text().splitlines()[1] == f'"{sel.ids[0]}"'

@@ -88,7 +88,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     >>> np.save(f"{d}/x.npy", x)
     >>> _ = open(f"{d}/ids.txt", "w").write("\\n".join(f"i{j}" for j in range(200)))
     >>> store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
-    >>> sel = activeft.select(store, 10, iterations=30, output=f"{d}/sel")
+    >>> sel = activeft.select(store, 10, method="activeft", iterations=30, output=f"{d}/sel")
     >>> labels = pa.table({"id": sel.ids, "label": ["a" if int(i[1:]) < 100 else "b" for i in sel.ids]})
     >>> table = activeft.calibrate(store, selection=f"{d}/sel", labels=labels, kmeans_runs=1)
     >>> {s: table.column("source").to_pylist().count(s) for s in ("labeled", "pseudo")}

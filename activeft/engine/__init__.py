@@ -5,6 +5,7 @@ Stages (select, calibrate, the loop, the report, finetune) import from here; not
 imports a stage.
 """
 
+from .graph import coverage_graph, greedy_cover, knn_graph, neighbours
 from .kcenter import k_center_greedy
 from .kmeans import DEFAULT_SEEDING, SEEDINGS, kmeans, kmeans_parallel, kmeans_plusplus, lloyd, seed_rows
 from .mapping import greedy_unique
@@ -25,4 +26,5 @@ from .search import PRECISIONS, FlatIndex, chunk_rows, default_precision, exact_
 __all__ = ["Pool", "Collectives", "TorchCollectives", "merge_topk", "generator", "sample_rows", "row_uniforms",
            "all_sum", "log_every", "FlatIndex", "nearest", "exact_scores", "chunk_rows", "PRECISIONS",
            "default_precision", "resolve_precision", "kmeans", "kmeans_plusplus", "kmeans_parallel", "seed_rows",
-           "SEEDINGS", "DEFAULT_SEEDING", "lloyd", "k_center_greedy", "greedy_unique", "Checkpoints", "run"]
+           "SEEDINGS", "DEFAULT_SEEDING", "lloyd", "k_center_greedy", "neighbours", "knn_graph", "coverage_graph",
+           "greedy_cover", "greedy_unique", "Checkpoints", "run"]

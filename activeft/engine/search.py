@@ -220,6 +220,35 @@ class FlatIndex:
             idx = self._nearest(x, min(FIRST_K[self.precision], len(self.c)))
             return idx, (exact_scores(x, self.c, idx, self.metric) if scores else None)
 
+    def knn(self, x: torch.Tensor, m: int):
+        """The ``m`` nearest rows of ``c`` to each row of ``x``, exactly: ``(index (n, m), score (n, m))``,
+        best first, equal exact scores by the smaller index (an exact sort of :func:`exact_scores`).
+
+        Candidates come in the index's precision, ``m + m / 16`` and :data:`FIRST_K` more; a row is
+        done when its ``m``-th candidate sits more than the band above its last one (then every row
+        of ``c`` not listed scores below all ``m`` listed, exactly); otherwise it is searched again
+        with twice as many.
+        """
+        m = min(m, len(self.c))
+        with torch.no_grad():
+            return self._knn(x, m, min(m + m // 16 + FIRST_K[self.precision], len(self.c)))
+
+    def _knn(self, x: torch.Tensor, m: int, k: int):
+        value, cand, half_band = self._candidates(x, k)
+        again = (value[:, -1] >= value[:, m - 1] - 2 * half_band) & (k < len(self.c))
+        rows = torch.arange(len(x), device=x.device).repeat_interleave(k)
+        exact = exact_scores(x, self.c, cand.flatten(), self.metric, rows=rows).view(len(x), k)
+        order = torch.sort(cand, dim=1, stable=True).indices  # equal scores: the smaller index first
+        cand, exact = cand.gather(1, order), exact.gather(1, order)
+        order = torch.sort(-exact if self.metric == "ip" else exact, dim=1, stable=True).indices[:, :m]
+        idx, score = cand.gather(1, order), exact.gather(1, order)
+        deeper = again.nonzero().squeeze(1)
+        if len(deeper):
+            self.deeper += len(deeper)
+            idx[deeper], score[deeper] = self._knn(x[deeper], m, min(k * 2, len(self.c)))
+        self.rescored += len(rows)
+        return idx, score
+
     def _nearest(self, x: torch.Tensor, k: int) -> torch.Tensor:
         value, cand, half_band = self._candidates(x, k)
         idx = cand[:, 0].clone()

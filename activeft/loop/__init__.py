@@ -2,9 +2,9 @@
 
 Official code: github.com/ZiTingW/asvp. Each round trains the proxy (ASVP's MLP, from scratch, on
 the labeled embeddings: :func:`activeft.heads.train_mlp`), scores the unlabeled pool on the sharded
-engine and selects the round's budget with a strategy (:mod:`.strategies`, or
-``activeft`` / ``random`` through :func:`activeft.select`); the first round has no labels, so it
-uses ActiveFT (cold start) instead of the official code's random, or ``random``.
+engine and selects the round's budget with a strategy (:mod:`.strategies`, or any selection
+method through :func:`activeft.select`); the first round has no labels, so it uses a selection
+method (ActiveFT by default: cold start) instead of the official code's random.
 
 Feature refresh (ASVP's "aligned selection"): the released code hard-codes one switch at 15,000
 labels and has no LogME/PED rule, so ours is designed and documented here. ``at-labels:N``
@@ -48,7 +48,7 @@ from ..heads import train_mlp
 from ..labels import class_indices, class_map, read_labels
 from ..logme import logme
 from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, parsed, validate
-from ..select import select
+from ..select import list_selectors, select
 from ..store import EmbeddingStore
 from .strategies import STRATEGIES, strategy_job
 
@@ -133,9 +133,9 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
         Number of rounds (with a single ``round_budget``).
     strategy : str, default="margin"
         Selection of rounds after the first: a proxy strategy (margin, entropy, confidence, badge,
-        coreset) or a selection method (activeft, random).
-    first : {"activeft", "random"}
-        The cold-start round.
+        coreset) or any selection method (:func:`activeft.list_selectors`).
+    first : str, default="activeft"
+        The cold-start round: any selection method.
     refresh : {"never", "at-labels:N", "logme"}
         When to refresh the features (finetune the backbone and re-embed the pool).
     refresh_mode : {"lp-ft", "full"}
@@ -265,8 +265,8 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
 PARAMS = declared(loop, {
     "store": STORE, "state": TEXT,
     "round_budget": parsed(lambda v: parse_budgets(v, None), "a count >= 1 or counts 'B1,B2,...'", int | str),
-    "rounds": optional(integer(1)), "strategy": one_of(*STRATEGIES, "activeft", "random"),
-    "first": one_of("activeft", "random"),
+    "rounds": optional(integer(1)), "strategy": one_of(*STRATEGIES, *list_selectors()),
+    "first": one_of(*list_selectors()),
     "refresh": parsed(parse_refresh, "'never', 'logme' or 'at-labels:N'"),
     "refresh_mode": one_of("lp-ft", "full"), "refresh_epochs": optional(integer(1)),
     "final": one_of("auto", "linear", "lp-ft", "full", "none"), "final_threshold": integer(1),
@@ -327,7 +327,7 @@ def _append_labels(state: str, truth: pa.Table) -> None:
 def _select(store: EmbeddingStore, rec: dict, given: pa.Table, budget: int, seed: int, epochs: int,
             num_workers: int, use_gpu: bool) -> list[str]:
     labeled = given.column("id").to_pylist()
-    if rec["strategy"] in ("activeft", "random"):
+    if rec["strategy"] in list_selectors():
         sel = select(store, budget, method=rec["strategy"], exclude=labeled or None, seed=seed,
                      num_workers=num_workers, use_gpu=use_gpu)
         return sel.ids

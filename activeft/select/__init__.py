@@ -25,7 +25,7 @@ from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision,
 from ..errors import ParameterError, StoreError, check
 from ..params import BOOL, TEXT, Rule, declared, integer, one_of, optional, parsed, validate
 from ..store import EmbeddingStore
-from . import activeft, fds, kmeans, random  # noqa: F401  (register the methods)
+from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def resolve_budget(budget, pool: int) -> int:
     return value
 
 
-def select(store, budget, *, output: str | None = None, method: str = "activeft", num_workers: int = 1,
+def select(store, budget, *, output: str | None = None, method: str = "herding", num_workers: int = 1,
            use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, resume: bool = False,
            overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
     """Select ``budget`` samples of an embedding store to label.
@@ -90,9 +90,11 @@ def select(store, budget, *, output: str | None = None, method: str = "activeft"
         A count, or a fraction of the pool: ``"1%"``, ``"0.01"`` or ``0.01``.
     output : str, optional
         Directory or prefix for ``selection.parquet/.csv/.json``; nothing is written without it.
-    method : str, default="activeft"
+    method : str, default="herding"
         One of :func:`list_selectors`. Each method's own parameters (``iterations``,
         ``temperature``, ...: ``get_selector(method).params``) are further keyword arguments.
+        The default, MaxHerding with the budget radius as bandwidth, was chosen on a validation
+        split carved from the pool (``benchmarks/RESULTS.md``); ``activeft`` is the paper's method.
     num_workers : int, default=1
         1 runs in this process; more run on a Ray Train worker group, each holding a slice of the
         rows. The same seed gives the same selection for any number of workers.

@@ -7,9 +7,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ParameterError, check, suggest
-from ..params import Param, validate
+from ..params import Param, integer, optional, validate
 
 _SELECTORS: dict[str, type[Selector]] = {}
+GRAPH_PARAMS = {  # the neighbour graph of the coverage selectors (:func:`activeft.engine.coverage_graph`)
+    "neighbours": Param(None, optional(integer(1)), "Rows kept per row in the graph (None: twice pool / budget, "
+                                                    "at least 32, within the engine's edge budget)."),
+    "candidates": Param(1 << 16, integer(1), "Rows each row is compared with when building the graph; pools up "
+                                             "to this size are searched exactly."),
+}
 
 
 @dataclass
@@ -58,7 +64,7 @@ def list_selectors() -> list[str]:
     --------
     >>> import activeft
     >>> activeft.list_selectors()
-    ['activeft', 'fds', 'kmeans', 'random']
+    ['activeft', 'bilaf', 'fds', 'herding', 'kmeans', 'probcover', 'random', 'typiclust']
     """
     return sorted(_SELECTORS)
 
