@@ -101,3 +101,16 @@ def test_a_covered_graph_goes_on_farthest_first(caplog):
     x = blobs(60, seed=5)
     rows = fit(x, "probcover", 40, delta=1.9, neighbours=59)  # one ball holds nearly everything
     assert len(set(rows)) == 40 and "the graph is covered after" in caplog.text
+
+
+def test_probcover_purity_rule_is_the_papers_largest_pure_radius():
+    from reference_coverage import purity_delta
+
+    from activeft.select.probcover import GRID
+
+    x = blobs()
+    centroids, _ = kmeans(Pool(x, 0, len(x)), Collectives(), 6, init="kmeans||", seed=0)
+    labels = FlatIndex(centroids, "l2").search(x, scores=False)[0].numpy()
+    result = get_selector("probcover")(seed=0, purity=0.95, classes=6, neighbours=len(x) - 1).fit(
+        Pool(x, 0, len(x)), Collectives(), 8, torch.zeros(0, dtype=torch.long), None)
+    assert result.info["delta"] == pytest.approx(purity_delta(x.numpy(), labels, GRID, alpha=0.95))
