@@ -236,12 +236,16 @@ class FlatIndex:
     def _knn(self, x: torch.Tensor, m: int, k: int):
         value, cand, half_band = self._candidates(x, k)
         again = (value[:, -1] >= value[:, m - 1] - 2 * half_band) & (k < len(self.c))
-        rows = torch.arange(len(x), device=x.device).repeat_interleave(k)
-        exact = exact_scores(x, self.c, cand.flatten(), self.metric, rows=rows).view(len(x), k)
+        done = (~again).nonzero().squeeze(1)  # rows searched again are re-scored there, not here
+        rows = done.repeat_interleave(k)
+        exact = exact_scores(x, self.c, cand[done].flatten(), self.metric, rows=rows).view(len(done), k)
+        cand = cand[done]
         order = torch.sort(cand, dim=1, stable=True).indices  # equal scores: the smaller index first
         cand, exact = cand.gather(1, order), exact.gather(1, order)
         order = torch.sort(-exact if self.metric == "ip" else exact, dim=1, stable=True).indices[:, :m]
-        idx, score = cand.gather(1, order), exact.gather(1, order)
+        idx = torch.empty(len(x), m, dtype=torch.long, device=x.device)
+        score = torch.empty(len(x), m, dtype=torch.float32, device=x.device)
+        idx[done], score[done] = cand.gather(1, order), exact.gather(1, order)
         deeper = again.nonzero().squeeze(1)
         if len(deeper):
             self.deeper += len(deeper)
