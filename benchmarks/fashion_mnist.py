@@ -79,6 +79,31 @@ def subset(n: int, size: int | None, seed: int = 0) -> np.ndarray:
     return np.arange(n) if size is None or size >= n else np.sort(np.random.default_rng(seed).choice(n, size, False))
 
 
+def holdout_rows(rows: np.ndarray, holdout: int) -> np.ndarray:
+    """The training-image rows of a validation split of ``holdout`` images, the same for every feature space."""
+    return np.sort(np.random.default_rng(2).choice(rows, holdout, replace=False))
+
+
+def split_holdout(store, holdout: int, root: str):
+    """``(pool, validation)`` stores: ``store`` (training images ``train-NNNNN``, labeled) without and with
+    the rows of :func:`holdout_rows`, written once under ``root`` and reused."""
+    import activeft
+
+    stores = {split: os.path.join(root, split) for split in ("pool", "test")}
+    if all(os.path.exists(os.path.join(s, "_manifest.json")) for s in stores.values()):
+        return activeft.EmbeddingStore(stores["pool"]), activeft.EmbeddingStore(stores["test"])
+    table = store.read(columns=["id", "embedding", "label"])
+    rows = np.array([int(i.split("-")[1]) for i in table.column("id").to_pylist()])
+    held = np.isin(rows, holdout_rows(np.sort(rows), holdout))
+    os.makedirs(root, exist_ok=True)
+    out = []
+    for split, mask in (("pool", ~held), ("test", held)):
+        path = os.path.join(root, f"{split}.parquet")
+        pq.write_table(table.filter(pa.array(mask)), path)
+        out.append(activeft.import_embeddings(path, stores[split], overwrite=True, partition_size=10_000))
+    return tuple(out)
+
+
 def build_stores(workdir: str, pool_size: int | None = None, test_size: int | None = None, dims: int = 64,
                  holdout: int | None = None):
     """``(pool_store, test_store)`` with PCA features, written once under ``workdir`` and reused.
@@ -97,7 +122,7 @@ def build_stores(workdir: str, pool_size: int | None = None, test_size: int | No
     xte, yte = load("test")
     rows_tr, rows_te = subset(len(xtr), pool_size), subset(len(xte), test_size, seed=1)
     if holdout:  # validation rows come from the training images; the test set is not touched
-        val = np.sort(np.random.default_rng(2).choice(rows_tr, holdout, replace=False))
+        val = holdout_rows(rows_tr, holdout)
         rows_tr, rows_te, xte, yte = np.setdiff1d(rows_tr, val), val, xtr, ytr
     xtr, ytr, xte, yte = xtr[rows_tr], ytr[rows_tr], xte[rows_te], yte[rows_te]
     transform = whitened_pca(xtr, dims)  # fitted on the pool only, labels unused

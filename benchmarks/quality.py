@@ -136,6 +136,8 @@ def main(argv=None) -> dict:
     if args.model:
         pool, test = embed_with_backbone(args.workdir, args.model, args.pretrained, args.image_size, args.pool_size,
                                          args.test_size)
+        if args.holdout:  # the same validation images as the PCA features' split
+            pool, test = fashion_mnist.split_holdout(pool, args.holdout, f"{pool.uri}-holdout{args.holdout}")
     else:
         pool, test = fashion_mnist.build_stores(args.workdir, args.pool_size, args.test_size, holdout=args.holdout)
     truth = dict(zip(pool.ids(), pool.read(columns=["label"]).column("label").to_pylist(), strict=True))

@@ -14,8 +14,8 @@ Parts (``--only``, comma-separated; default all but ``ray``):
 - ``seeding``: k-means|| seeding at k = ``--k``, and k-means++ at k = ``--pp-k`` (one pass per
   seed: its time per seed, times k, is what k-means++ would take at k).
 - ``select``: ``activeft.select`` end to end for each of ``--methods`` (ActiveFT: ``--iterations``;
-  with the coverage report; one worker, in process, no Ray) on a store of ``--select-n`` rows
-  (float16 on CUDA).
+  parameters by method: ``--params``; with the coverage report; one worker, in process, no Ray) on
+  a store of ``--select-n`` rows (float16 on CUDA).
 - ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
 
 Data: unit vectors around 100 centres with isotropic noise (so a row's nearest centroids are
@@ -248,6 +248,7 @@ def part_select(a, device):
         store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt", dtype=dtype)
         for method in a.methods.split(","):
             params = {"iterations": a.iterations} if method == "activeft" else {}
+            params.update(json.loads(a.params).get(method, {}))
             t = time.perf_counter()
             sel = activeft.select(store, b, method=method, use_gpu=device.type == "cuda", **params)
             wall = time.perf_counter() - t
@@ -335,6 +336,8 @@ def main():
     p.add_argument("--select-n", type=int, help="rows of the end-to-end store (default: --n)")
     p.add_argument("--iterations", type=int, default=300, help="ActiveFT iterations end to end")
     p.add_argument("--methods", default="activeft", help="selectors timed end to end (comma-separated)")
+    p.add_argument("--params", default="{}", help="JSON of parameters by method, e.g. "
+                                                   '\'{"bilaf": {"core": "kmeans"}}\'')
     p.add_argument("--precisions", help="comma-separated (default: fp32,tf32,bf16 on CUDA, fp32,bf16 on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None, help="where the end-to-end store is written (default: tmp)")

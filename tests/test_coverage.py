@@ -8,7 +8,17 @@ import torch
 from reference_coverage import bilaf, maxherding, probcover, typiclust
 from sharding import sharded
 
-from activeft.engine import Collectives, FlatIndex, Pool, exact_scores, kmeans, knn_graph, neighbours
+from activeft.engine import (
+    Collectives,
+    FlatIndex,
+    Pool,
+    exact_scores,
+    generator,
+    k_center_greedy,
+    kmeans,
+    knn_graph,
+    neighbours,
+)
 from activeft.select import get_selector
 
 pytestmark = pytest.mark.timeout(240)
@@ -57,6 +67,18 @@ def test_inverted_file_graph_finds_most_neighbours_and_ignores_the_sharding(monk
     assert torch.equal(torch.cat(parts), approx)
 
 
+@pytest.mark.parametrize("method, reach", [("probcover", 2), ("herding", 8)])
+def test_default_graph_and_radius_follow_the_budget(method, reach):
+    """Each selector keeps reach x N / B neighbours by default, and its radius or bandwidth is the budget radius."""
+    x = blobs(600, seed=6)
+    result = get_selector(method)(seed=0).fit(Pool(x, 0, len(x)), Collectives(), 20, torch.tensor([], dtype=torch.long),
+                                              None)
+    d = torch.cdist(x.double(), x.double()).fill_diagonal_(torch.inf).sort(1).values
+    assert result.info["neighbours"] == reach * 30
+    assert result.info["budget_radius"] == pytest.approx(float(d[:, 29].median()), rel=1e-5)
+    assert result.info["bandwidth" if method == "herding" else "delta"] == result.info["budget_radius"]
+
+
 @pytest.mark.parametrize("labeled", [[], [3, 7]])
 def test_probcover_and_herding_are_the_official_greedy(labeled):
     x = blobs()
@@ -95,6 +117,15 @@ def test_three_workers_select_the_same_as_one(method, params):
     parts = sharded(lambda pool, comm: fit(x, method, 20, [11, 12], comm=comm, pool=pool, **params), x,
                     [0, 100, 250, 360])
     assert all(p == one for p in parts) and len(set(one)) == 20 and not {11, 12} & set(one)
+
+
+def test_bilaf_fills_a_class_short_of_its_share_farthest_first(caplog):
+    """Tiny pseudo-classes can get a larger share than their rows; the missing picks come farthest-first."""
+    x = blobs(40, seed=1)
+    rows = fit(x, "bilaf", 30, core="kmeans", cores=0.5)
+    assert len(set(rows)) == 30 and "hold 28 of the 30 rows to pick" in caplog.text
+    rest = k_center_greedy(Pool(x, 0, len(x)), Collectives(), 2, generator(0), rows[:28], tag="test")
+    assert rows[28:] == rest.tolist()
 
 
 def test_a_covered_graph_goes_on_farthest_first(caplog):

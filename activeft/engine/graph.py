@@ -99,16 +99,16 @@ def knn_graph(pool: Pool, comm: Collectives, m: int, candidates: int = EXACT_UP_
 
 
 def coverage_graph(pool: Pool, comm: Collectives, budget: int, m: int | None = None,
-                   candidates: int = EXACT_UP_TO, seed: int = 0):
+                   candidates: int = EXACT_UP_TO, seed: int = 0, reach: int = 2):
     """The graph a coverage selector of ``budget`` rows runs on: ``(rows, d2, radius)``.
 
-    ``m`` (None: ``2 ceil(N / budget)``, at least 32, within :data:`EDGES`) neighbours per row
+    ``m`` (None: ``reach ceil(N / budget)``, at least 32, within :data:`EDGES`) neighbours per row
     (:func:`knn_graph`), and the *budget radius*: the median over rows of the distance to the
     ``ceil(N / budget)``-th nearest row, the radius at which ``budget`` balls around typical rows
     hold as many rows as the pool.
     """
     per_pick = math.ceil(pool.size / budget)
-    m = min(m or max(2 * per_pick, 32), max(16, EDGES // pool.size) if m is None else m, pool.size - 1)
+    m = min(m or max(reach * per_pick, 32), max(16, EDGES // pool.size) if m is None else m, pool.size - 1)
     rows, d2 = knn_graph(pool, comm, m, candidates, seed)
     every = torch.zeros(pool.size, dtype=torch.float64, device=pool.device)
     every[pool.offset:pool.offset + len(d2)] = d2[:, min(per_pick, m) - 1].double()

@@ -20,19 +20,24 @@ nearest grown rows as row indices of the class (``np.mean(cur_dist_matrix[i][nea
 Euclidean on the pool's unit vectors (the official boundary stage reads the raw DINO features).
 Ties: stable sorts, to the smaller row. Labeled rows join no class (the official code has none), and
 no row is picked twice (the official code can repeat a row when a class has fewer rows than its
-share). Every rank computes every class on the gathered rows of that class: O(N^2 D / cores) time,
+share; here such a class's missing picks are made farthest-first from all picks, with a warning).
+Every rank computes every class on the gathered rows of that class: O(N^2 D / cores) time,
 O(max class size^2) memory.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
-from ..engine import FlatIndex
+from ..engine import FlatIndex, generator, k_center_greedy
 from ..errors import ParameterError
 from ..params import Param, Rule, integer, number, one_of
 from .registry import Result, Selector, get_selector, list_selectors, register_selector
+
+log = logging.getLogger(__name__)
 
 
 def distribute_budget(budget: int, sizes) -> np.ndarray:
@@ -136,8 +141,13 @@ class BiLAF(Selector):
                 chosen.append(int(cand[torch.argmin(score)]))
             rows += rows_c[chosen].tolist()
             is_core += [True] + [False] * (len(chosen) - 1)
-        if len(rows) < budget:
-            raise ParameterError(f"bilaf: its pseudo-classes hold only {len(rows)} rows to pick for budget {budget}")
+        if len(rows) < budget:  # distribute_budget gave some class a larger share than its rows
+            log.warning("bilaf: its pseudo-classes hold %d of the %d rows to pick; the other %d are picked "
+                        "farthest-first", len(rows), budget, budget - len(rows))
+            rest = k_center_greedy(pool, comm, budget - len(rows), generator(self.seed), [*exclude.tolist(), *rows],
+                                   tag="bilaf (farthest-first)")
+            rows += rest.tolist()
+            is_core += [False] * len(rest)
         return Result(np.asarray(rows), {"core": np.asarray(is_core)}, {"cores": n_core, "core_method": self.core})
 
     def _core(self, pool, comm, n_core, exclude, checkpoints) -> torch.Tensor:

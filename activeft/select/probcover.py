@@ -26,7 +26,7 @@ import torch
 from ..engine import FlatIndex, all_sum, coverage_graph, generator, greedy_cover, kmeans
 from ..errors import ParameterError
 from ..params import Param, integer, number, optional
-from .registry import GRAPH_PARAMS, Result, Selector, register_selector
+from .registry import Result, Selector, graph_params, register_selector
 
 log = logging.getLogger(__name__)
 GRID = np.linspace(0.05, 1.0, 20)  # purity radii, as BorealisAI/uherding compute_purity
@@ -63,7 +63,7 @@ class ProbCover(Selector):
                                                                          "with this share of pure balls (0.95 in "
                                                                          "the paper)."),
         "classes": Param(10, integer(2), "k-means clusters that label the balls for the purity rule."),
-        **GRAPH_PARAMS,
+        **graph_params(2),
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:

@@ -10,12 +10,17 @@ from ..errors import ParameterError, check, suggest
 from ..params import Param, integer, optional, validate
 
 _SELECTORS: dict[str, type[Selector]] = {}
-GRAPH_PARAMS = {  # the neighbour graph of the coverage selectors (:func:`activeft.engine.coverage_graph`)
-    "neighbours": Param(None, optional(integer(1)), "Rows kept per row in the graph (None: twice pool / budget, "
-                                                    "at least 32, within the engine's edge budget)."),
-    "candidates": Param(1 << 16, integer(1), "Rows each row is compared with when building the graph; pools up "
-                                             "to this size are searched exactly."),
-}
+
+
+def graph_params(reach: int) -> dict[str, Param]:
+    """The neighbour graph's parameters of a coverage selector keeping ``reach`` x pool / budget rows per row
+    by default (:func:`activeft.engine.coverage_graph`)."""
+    return {
+        "neighbours": Param(None, optional(integer(1)), f"Rows kept per row in the graph (None: {reach} x pool / "
+                                                        "budget, at least 32, within the engine's edge budget)."),
+        "candidates": Param(1 << 16, integer(1), "Rows each row is compared with when building the graph; pools up "
+                                                 "to this size are searched exactly."),
+    }
 
 
 @dataclass
