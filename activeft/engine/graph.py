@@ -47,9 +47,7 @@ def neighbours(pool: Pool, comm: Collectives, m: int, cells: torch.Tensor | None
     """
     n_local, dev = len(pool.x), pool.device
     own = torch.zeros(n_local, dtype=torch.long, device=dev) if cells is None else cells.to(dev).long()
-    every_cell = torch.zeros(pool.size, dtype=torch.long, device=dev)
-    every_cell[pool.offset:pool.offset + n_local] = own
-    every_cell = comm.all_reduce(every_cell).cpu()
+    every_cell = pool.whole(own, comm).cpu()
     counts = torch.bincount(every_cell)
     members = torch.split(torch.sort(every_cell, stable=True).indices, counts.tolist())  # global rows by cell
     probe = torch.arange(len(counts))[:, None] if probe is None else probe.cpu()
@@ -110,9 +108,7 @@ def coverage_graph(pool: Pool, comm: Collectives, budget: int, m: int | None = N
     per_pick = math.ceil(pool.size / budget)
     m = min(m or max(reach * per_pick, 32), max(16, EDGES // pool.size) if m is None else m, pool.size - 1)
     rows, d2 = knn_graph(pool, comm, m, candidates, seed)
-    every = torch.zeros(pool.size, dtype=torch.float64, device=pool.device)
-    every[pool.offset:pool.offset + len(d2)] = d2[:, min(per_pick, m) - 1].double()
-    radius = float(comm.all_reduce(every).median().sqrt())
+    radius = float(pool.whole(d2[:, min(per_pick, m) - 1].double(), comm).median().sqrt())
     return rows, d2, radius
 
 

@@ -51,6 +51,12 @@ class Pool:
         out[mask] = self.x[idx].double()
         return comm.all_reduce(out).float()
 
+    def whole(self, values: torch.Tensor, comm: Collectives) -> torch.Tensor:
+        """A value per local row (first dimension) as the whole pool's, on every rank."""
+        out = torch.zeros(self.size, *values.shape[1:], dtype=values.dtype, device=self.device)
+        out[self.offset:self.offset + len(values)] = values
+        return comm.all_reduce(out)
+
 
 class Collectives:
     """One process: every collective is the identity."""

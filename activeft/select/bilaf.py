@@ -95,9 +95,7 @@ class BiLAF(Selector):
         core = self._core(pool, comm, n_core, exclude, checkpoints)
         core_x = pool.gather_rows(core, comm)
         nearest = FlatIndex(core_x, "l2", precision=pool.precision).search(pool.x, scores=False)[0]
-        every = torch.zeros(pool.size, dtype=torch.long, device=pool.device)
-        every[pool.offset:pool.offset + len(nearest)] = nearest
-        every = comm.all_reduce(every).cpu()
+        every = pool.whole(nearest, comm).cpu()
         every[exclude] = -1  # labeled rows take no part (the official code has none)
         classes, kept = [], []
         for c in range(n_core):

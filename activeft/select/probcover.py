@@ -38,9 +38,7 @@ def purity_radius(pool, comm, rows, d2, classes: int, alpha: float, seed: int) -
     when its listed rows are."""
     centroids, _ = kmeans(pool, comm, classes, iterations=100, init="kmeans||", seed=seed, tag="probcover purity")
     label = FlatIndex(centroids, "l2", precision=pool.precision).search(pool.x, scores=False)[0]
-    every = torch.zeros(pool.size, dtype=torch.long, device=pool.device)
-    every[pool.offset:pool.offset + len(label)] = label
-    every = comm.all_reduce(every)
+    every = pool.whole(label, comm)
     other = (every[rows.clamp(min=0)] != label[:, None]) & (rows >= 0)
     first_other = torch.where(other, d2, torch.inf).amin(1)  # squared distance to the nearest other label
     passing = [r for r in GRID if all_sum(float((first_other >= r * r).sum()), comm, pool.device) >= alpha * pool.size]

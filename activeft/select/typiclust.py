@@ -47,9 +47,7 @@ class TypiClust(Selector):
         centroids, _ = kmeans(pool, comm, k, iterations=self.iterations, init="kmeans||", seed=self.seed,
                               checkpoints=checkpoints, tag="typiclust")
         local_cluster = FlatIndex(centroids, "l2", precision=pool.precision).search(pool.x, scores=False)[0]
-        cluster = torch.zeros(pool.size, dtype=torch.long, device=pool.device)
-        cluster[pool.offset:pool.offset + len(pool.x)] = local_cluster
-        cluster = comm.all_reduce(cluster).cpu()
+        cluster = pool.whole(local_cluster, comm).cpu()
         size = torch.bincount(cluster, minlength=k)
         labeled = torch.bincount(cluster[exclude], minlength=k)
         keep = [c for c in range(k) if size[c] > self.min_cluster_size]
