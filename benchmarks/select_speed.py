@@ -17,6 +17,8 @@ Parts (``--only``, comma-separated; default all but ``ray``):
   parameters by method: ``--params``; with the coverage report; one worker, in process, no Ray) on
   a store of ``--select-n`` rows (float16 on CUDA).
 - ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
+- ``profile``: where one whole-pool step and one Lloyd iteration spend their time in each
+  precision: the operators with the most self time on the device (``torch.profiler``; opt-in).
 
 Data: unit vectors around 100 centres with isotropic noise (so a row's nearest centroids are
 nearly equidistant: a hard case for reduced precision). Times are the best of a few runs.
@@ -221,6 +223,33 @@ def part_lloyd(a, x):
     return rows
 
 
+def part_profile(a, x, theta):
+    """The 12 operators with the most self time (device time on CUDA) in one ActiveFT whole-pool
+    step (loss and gradient) and one Lloyd iteration (k = ``--k``), per precision."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    init, empty = x[:a.k].clone(), theta.new_zeros((0, theta.shape[1]))
+
+    def own(e):  # self time of one operator, in microseconds
+        return (getattr(e, "self_device_time_total", None) or e.self_cuda_time_total) if cuda else e.self_cpu_time_total
+    out = {}
+    for precision in a.precisions:
+        pool = Pool(x, 0, len(x), precision)
+        runs = {"step": lambda p=pool: loss_and_grad(p, Collectives(), theta, empty, None, len(x), 0.07, 1.0),
+                "lloyd": lambda p=pool: lloyd(p, Collectives(), init, 1, 0.0, torch.Generator())}
+        for name, run in runs.items():
+            run()  # warm-up
+            with profile(activities=activities) as prof:
+                run()
+                sync(x.device)
+            top = sorted(prof.key_averages(), key=own, reverse=True)[:12]
+            out[f"{name} {precision}"] = [{"op": e.key, "calls": e.count, "ms": own(e) / 1000} for e in top]
+            print(json.dumps({f"{name} {precision}": out[f"{name} {precision}"][:5]}), flush=True)
+    return out
+
+
 def part_seeding(a, x):
     pool = Pool(x, 0, len(x))
     parallel = best_time(lambda: kmeans_parallel(pool, Collectives(), a.k, torch.Generator().manual_seed(0)),
@@ -364,12 +393,13 @@ def main():
           flush=True)
     parts = a.only.split(",")
     x = theta = None
-    if {"step", "minibatch", "lloyd", "seeding"} & set(parts):
+    if {"step", "minibatch", "lloyd", "seeding", "profile"} & set(parts):
         x = data(a.n, a.d).to(device)
         theta = x[torch.randperm(a.n, generator=torch.Generator().manual_seed(1))[:a.b].to(device)].clone()
     runs = {"step": lambda: part_step(a, x, theta), "minibatch": lambda: part_minibatch(a, x, theta),
             "lloyd": lambda: part_lloyd(a, x), "seeding": lambda: part_seeding(a, x),
-            "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device)}
+            "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device),
+            "profile": lambda: part_profile(a, x, theta)}
     for part in parts:
         t = time.perf_counter()
         try:

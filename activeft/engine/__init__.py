@@ -21,10 +21,19 @@ from .pool import (
     sample_rows,
 )
 from .runner import Checkpoints, run
-from .search import PRECISIONS, FlatIndex, chunk_rows, default_precision, exact_scores, nearest, resolve_precision
+from .search import (
+    PRECISIONS,
+    FlatIndex,
+    chunk_rows,
+    default_precision,
+    exact_scores,
+    nearest,
+    resolve_precision,
+    stream_rows,
+)
 
 __all__ = ["Pool", "Collectives", "TorchCollectives", "merge_topk", "generator", "sample_rows", "row_uniforms",
-           "all_sum", "log_every", "FlatIndex", "nearest", "exact_scores", "chunk_rows", "PRECISIONS",
+           "all_sum", "log_every", "FlatIndex", "nearest", "exact_scores", "chunk_rows", "stream_rows", "PRECISIONS",
            "default_precision", "resolve_precision", "kmeans", "kmeans_plusplus", "kmeans_parallel", "seed_rows",
            "SEEDINGS", "DEFAULT_SEEDING", "lloyd", "k_center_greedy", "neighbours", "knn_graph", "coverage_graph",
            "greedy_cover", "greedy_unique", "Checkpoints", "run"]

@@ -24,7 +24,7 @@ import torch
 
 from .. import metrics
 from .pool import Collectives, Pool, all_sum, generator, log_every, row_uniforms, sample_rows
-from .search import FlatIndex, chunk_rows, exact_scores
+from .search import FlatIndex, exact_scores, stream_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _split_empty(centroids: torch.Tensor, counts: torch.Tensor, n: int, g: torch
 def _square_sum(x: torch.Tensor) -> float:
     """sum |x_i|^2 in float64, in chunks."""
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    step = chunk_rows(x.shape[1], 8, x.device)
+    step = stream_rows(x.shape[1], x.device)
     for lo in range(0, len(x), step):
         total += torch.linalg.vector_norm(x[lo:lo + step], dtype=torch.float64).square()
     return float(total)
@@ -182,7 +182,7 @@ def lloyd(pool: Pool, comm: Collectives, centroids: torch.Tensor, iterations: in
     every = log_every(iterations)
     sq_norms = all_sum(_square_sum(pool.x), comm, pool.device)
     k, dim = centroids.shape
-    step = chunk_rows(dim, 8, pool.device)
+    step = stream_rows(dim, pool.device)
     for it in range(start, iterations):
         if len(history) > 1 and history[-2] - history[-1] <= tol * history[-2]:
             break  # converged (also when resuming from the checkpoint of the converged iteration)

@@ -56,6 +56,7 @@ from ..engine import (
     log_every,
     sample_rows,
     seed_rows,
+    stream_rows,
 )
 from ..params import Param, integer, number, one_of, optional
 from .registry import Result, Selector, register_selector
@@ -99,13 +100,13 @@ def loss_and_grad(pool: Pool, comm: Collectives, theta: torch.Tensor, fixed: tor
         k_all, dim = c.shape
         packed = torch.zeros(k_all * dim + k_all + 1, dtype=torch.float64, device=pool.device)
         grad_c, grad_logz = packed[:k_all * dim].view(k_all, dim), packed[k_all * dim:-1]
-        step = chunk_rows(dim, 8, pool.device)
+        step = stream_rows(dim, pool.device)
         for lo in range(0, len(x), step):
             i, xs = idx[lo:lo + step], x[lo:lo + step]
             a = exact_scores(xs, c, i).double() / tau  # the arg-max score, exactly (thread-invariant)
             w = torch.sigmoid(a - log_bz[i]) - 1  # s / (s + lambda Z) - 1
             packed[-1] += (torch.logaddexp(a, log_bz[i]) - a).sum()
-            grad_c.index_add_(0, i, xs.double().mul_(w[:, None]))
+            grad_c.index_add_(0, i, torch.mul(xs, w[:, None]))  # float64 by promotion, one pass
             grad_logz.index_add_(0, i, -w)
         total = comm.all_reduce(packed) / n
         grad_c = total[:k_all * dim].view(k_all, dim)[k_fixed:] / tau
