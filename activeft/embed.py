@@ -217,6 +217,19 @@ def decode_batch(batch: pa.Table, config: dict) -> pa.Table:
         "error", pa.array(errors, pa.string()))
 
 
+def take_rows(column: pa.ChunkedArray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The tensors of a tensor ``column`` at the sorted ``rows``, copied once into ``out`` (a new
+    array when None) chunk by chunk: a batch of several blocks is never combined first."""
+    chunks = [c.to_numpy() for c in column.chunks if len(c)]  # zero-copy views
+    if out is None:
+        out = np.empty((len(rows), *chunks[0].shape[1:]), chunks[0].dtype)
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    bounds = np.searchsorted(rows, starts)
+    for chunk, start, lo, hi in zip(chunks, starts[:-1], bounds[:-1], bounds[1:], strict=True):
+        np.take(chunk, rows[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip")  # "clip": no temporary
+    return out
+
+
 class Embedder:
     """A Ray Data actor holding one backbone; uint8 images in, L2-normalised float32 features out.
 
@@ -246,16 +259,15 @@ class Embedder:
         ok = np.flatnonzero(pc.equal(batch.column("error"), "").to_numpy(zero_copy_only=False))
         out = np.zeros((batch.num_rows, self.dim), np.float32)
         if len(ok):
-            images = batch.column("image").combine_chunks().to_numpy()  # zero-copy for one chunk
+            images = batch.column("image")
             if self.device.type == "cuda":
                 if self.pinned is None or len(self.pinned) < len(ok):
-                    self.pinned = torch.empty((len(ok), *images.shape[1:]), dtype=torch.uint8).pin_memory()
+                    self.pinned = torch.empty((len(ok), *images.type.shape), dtype=torch.uint8).pin_memory()
                 x = self.pinned[:len(ok)]
-                # the previous batch's copy is done (its results were read); "clip": no temporary
-                np.take(images, ok, axis=0, out=x.numpy(), mode="clip")
+                take_rows(images, ok, x.numpy())  # the previous batch's copy is done (its results were read)
                 x = x.to(self.device, non_blocking=True)
             else:
-                x = torch.from_numpy(images[ok])
+                x = torch.from_numpy(take_rows(images, ok))
             with torch.inference_mode(), torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
                 feats = pooled_features(self.model, self.pre.normalize(x))
             out[ok] = F.normalize(feats.float(), dim=1).cpu().numpy()

@@ -14,8 +14,12 @@ autocast dtype as activeft).
 activeft: ``embed`` end to end (plan, Ray Data, shards, manifest) on a manifest of the first N
 images, with the default partition size. Each pipeline runs at two sizes N1 < N2; the marginal
 rate (N2 - N1) / (t2 - t1), the median over the repeats, cancels start-up (workers, model
-build). On CUDA, GPU utilisation is
-sampled every 0.1 s (``nvidia-smi``) during the N2 runs. Ratios are measured in one process.
+build). ``actor_only``: the same two sizes of ready uint8 images fed by Ray Data through one
+activeft ``Embedder`` actor (no reading or decoding): where activeft trails the loop, it says
+whether the model stage or the decoding holds it back. The JSON also records the memory Ray sized
+its object store from, the store, and its usage and spilling after each setting. On CUDA, GPU
+utilisation is sampled every 0.1 s (``nvidia-smi``) during the N2 runs. Ratios are measured in one
+process.
 
     python benchmarks/embed_throughput.py --json embed.json
 
@@ -158,6 +162,35 @@ def ray_embed(paths, workdir, spec, batch_size):
     return seconds, store
 
 
+def actor_only(spec, config, dim, n, batch_size, cuda) -> float:
+    """Seconds for Ray Data to feed ``n`` ready uint8 images (blocks of ``batch_size``) through one
+    activeft ``Embedder`` actor: the model stage alone, no reading or decoding."""
+    import pyarrow as pa
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    from activeft.embed import Embedder
+
+    _, h, w = config["input_size"]
+    pattern = np.arange(3 * h * w, dtype=np.uint8).reshape(1, 3, h, w)
+
+    def ready(batch: pa.Table) -> pa.Table:
+        images = np.broadcast_to(pattern, (batch.num_rows, 3, h, w)).copy()
+        return pa.table({"image": ArrowTensorArray.from_numpy(images), "error": pa.array([""] * batch.num_rows)})
+
+    ds = ray.data.range(n, override_num_blocks=-(-n // batch_size)).map_batches(ready, batch_format="pyarrow",
+                                                                                 batch_size=None)
+    ds = ds.map_batches(Embedder, batch_format="pyarrow", batch_size=batch_size,
+                        fn_constructor_kwargs={"spec": spec, "config": config, "dim": dim, "dtype": "float32",
+                                               "threads": None if cuda else os.cpu_count()},
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0, num_gpus=1 if cuda else None)
+    start = time.perf_counter()
+    rows = ds.materialize().count()
+    if rows != n:
+        raise RuntimeError(f"the actor returned {rows} of {n} rows")
+    return time.perf_counter() - start
+
+
 def run_setting(model_name, size, sizes, paths, workdir, batch_size, workers, device, sampler, repeats,
                 warm_up) -> dict:
     """Both pipelines at both sizes, ``repeats`` times, interleaved so that a busy spell of the
@@ -192,6 +225,9 @@ def run_setting(model_name, size, sizes, paths, workdir, batch_size, workers, de
     n1, n2 = sizes
     rate = {k: round(float(np.median([(n2 - n1) / (b - a) for a, b in zip(v[n1], v[n2], strict=True)])), 1)
             for k, v in runs.items()}
+    alone = {n: actor_only(spec, config, int(model.num_features), n, batch_size, device.type == "cuda")
+             for n in sizes}
+    rate["actor_only"] = round((n2 - n1) / (alone[n2] - alone[n1]), 1)
     ratio = round(rate["activeft"] / rate["plain_loop"], 2)
     result = {"model": model_name, "image_size": size, "sizes": list(sizes), "seconds": runs,
               "marginal_images_per_s": rate, "ratio_activeft_over_loop": ratio,
@@ -201,6 +237,32 @@ def run_setting(model_name, size, sizes, paths, workdir, batch_size, workers, de
                                              "activeft": sampler.window(t1, t2)}
         result[f"plain_loop_model_share_at_{n2}"] = round(split["model_s"] / seconds, 2)
     return result
+
+
+def memory() -> dict:
+    """What sizes Ray's object store: the memory total and free at start, /dev/shm, the store Ray made."""
+    import ray
+
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":")
+            if key in ("MemTotal", "MemAvailable"):
+                info[f"{key}_gib"] = round(int(value.split()[0]) / 2**20, 1)
+    shm = shutil.disk_usage("/dev/shm") if os.path.isdir("/dev/shm") else None
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    info["dev_shm_free_gib"] = round(shm.free / 2**30, 1) if shm else None
+    info["object_store_gib"] = round(store / 2**30, 2)
+    info["object_store_in_dev_shm"] = bool(shm and shm.free >= store)  # Ray's rule; else a file under /tmp
+    return info
+
+
+def object_store_stats() -> list[str]:
+    """Ray's object store summary (usage, spilled and restored bytes) after a setting's runs."""
+    from ray._private.internal_api import memory_summary
+
+    return [line.strip() for line in memory_summary(stats_only=True).splitlines()
+            if any(w in line for w in ("Plasma", "Spilled", "Restored", "fallback"))]
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -230,6 +292,8 @@ def main():
                    help="runs per pipeline and size (default 1 on CUDA, else 3); the median rate counts")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: CPUs)")
     p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "embed"))
+    p.add_argument("--object-store-gb", type=float,
+                   help="Ray's object store size (default: Ray's own, 30%% of the memory free at start)")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args()
 
@@ -243,18 +307,20 @@ def main():
     paths = make_images(os.path.join(args.workdir, "jpeg256"),
                         max(settings[s][2][1] for s in chosen), os.cpu_count())
     device = torch.device("cuda" if cuda else "cpu")
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    store = None if args.object_store_gb is None else int(args.object_store_gb * 2**30)
+    ray.init(include_dashboard=False, logging_level="ERROR", object_store_memory=store)
     sampler = GpuSampler(cuda)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "gpu": torch.cuda.get_device_name(0) if cuda else None, "python": platform.python_version(),
                           "torch": torch.__version__, "timm": timm.__version__, "ray": ray.__version__},
               "batch_size": args.batch_size, "loader_workers": args.workers, "repeats": args.repeats,
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "settings": {}}
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "memory": memory(), "settings": {}}
     try:
         for s in chosen:
             model_name, size, sizes = settings[s]
             result["settings"][s] = run_setting(model_name, size, sizes, paths, args.workdir, args.batch_size,
                                                 args.workers, device, sampler, args.repeats, s == chosen[0])
+            result["settings"][s]["object_store_after"] = object_store_stats()
             print(json.dumps({s: result["settings"][s]}), flush=True)
     finally:
         sampler.close()

@@ -303,3 +303,14 @@ def test_decode_spread_over_small_blocks_whatever_the_partition_size(tmp_path, m
     assert {c["image"] for c in calls} == {"ArrowTensorTypeV2(shape=(3, 32, 32), dtype=uint8)"}
     assert [s["rows"] for s in store.manifest["shards"]] == [24]
     assert np.abs(store.embeddings() - direct_embeddings(src, store.ids())).max() < 1e-4
+
+
+def test_take_rows_copies_across_chunks_once():
+    from ray.data.extensions import ArrowTensorArray
+
+    a = np.random.default_rng(0).integers(0, 255, (10, 3, 4, 4), dtype=np.uint8)
+    column = pa.chunked_array([ArrowTensorArray.from_numpy(a[lo:hi]) for lo, hi in ((0, 3), (3, 3), (3, 10))])
+    for rows in (np.arange(10), np.array([0, 2, 3, 9]), np.array([4])):
+        assert np.array_equal(EMBED.take_rows(column, rows), a[rows])
+    out = np.zeros((2, 3, 4, 4), np.uint8)
+    assert EMBED.take_rows(column, np.array([2, 3]), out) is out and np.array_equal(out, a[[2, 3]])
