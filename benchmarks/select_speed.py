@@ -285,7 +285,8 @@ def part_select(a, device):
             wall = time.perf_counter() - t
             rows.append({"method": method, "N": n, "D": a.d, "B": b, "store_dtype": dtype, **params, "wall_s": wall,
                          "select_s": sel.info["seconds_select"], "coverage": sel.info["coverage"],
-                         "coverage_random": sel.info["coverage_random"]})
+                         "coverage_random": sel.info["coverage_random"],
+                         **{k: v for k, v in sel.info.items() if k.startswith("seconds_") and k != "seconds_select"}})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -118,6 +118,12 @@ def test_every_selector_gives_budget_unique_ids_deterministically(store, method,
     info = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert info["budget"] == 25 and info["pool_size"] == 720 and info["config"]["method"] == method
     assert 0 < info["coverage"] <= 1 and 0 < info["coverage_random"] <= 1
+    assert min(info["seconds_select"], info["seconds_coverage"]) >= 0
+    assert info["seconds_total"] >= info["seconds_select"] + info["seconds_coverage"] - 0.002  # (rounding)
+    if method == "activeft":  # its phases, for the GPU timings
+        phases = info["seconds_init"] + info["seconds_optimize"] + info["seconds_mapping"]
+        assert min(info["seconds_init"], info["seconds_optimize"], info["seconds_mapping"]) >= 0
+        assert info["seconds_select"] >= phases - 0.002
     spec = next(iter(get_selector(method).params), None)
     if spec is not None:  # every selector checks its parameters with the same message shape
         with pytest.raises(ParameterError, match=f"The '{spec}' parameter of {method} must be"):

@@ -192,11 +192,13 @@ def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoint
     if len(rows) != budget or len(set(rows.tolist())) != budget:
         raise RuntimeError(f"{selector.name} returned {len(set(rows.tolist()))} distinct rows, not {budget}")
     random_rows = sample_rows(pool.size, budget, generator(selector.seed + 1), exclude)
+    t1 = time.perf_counter()
+    covered = {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}
     return {"rows": rows.tolist(),
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {**result.info, "seconds_select": round(seconds, 3),
-                     "precision": resolve_precision(pool.precision, pool.device),
-                     "coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}}
+                     "precision": resolve_precision(pool.precision, pool.device), **covered,
+                     "seconds_coverage": round(time.perf_counter() - t1, 3)}}
 
 
 def coverage(pool, comm, rows) -> float:

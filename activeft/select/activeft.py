@@ -140,7 +140,7 @@ class ActiveFT(Selector):
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
-        g = generator(self.seed)
+        g, t_init = generator(self.seed), time.perf_counter()
         fixed = pool.gather_rows(exclude, comm) if len(exclude) else pool.x.new_zeros((0, pool.x.shape[1]))
         state = checkpoints.load() if checkpoints else None
         if state is None:
@@ -174,11 +174,13 @@ class ActiveFT(Selector):
                 checkpoints.save({"theta": theta.detach().cpu(), "optimizer": opt.state_dict(), "iteration": it + 1,
                                   "generator": g.get_state(), "history": torch.tensor(history),
                                   "init_rows": init}, {"iteration": it + 1, "loss": loss})
-        centroids = F.normalize(theta.detach(), dim=1)
+        centroids, t_map = F.normalize(theta.detach(), dim=1), time.perf_counter()
         rows, sims = greedy_unique(pool, comm, centroids, taken=exclude)
         return Result(rows.numpy(), {"centroid": np.arange(budget), "similarity": sims.numpy()},
                       {"loss_history": history, "init_rows": init.tolist(),
-                       "resumed_from_iteration": start if state is not None else None})
+                       "resumed_from_iteration": start if state is not None else None,
+                       "seconds_init": round(t0 - t_init, 3), "seconds_optimize": round(t_map - t0, 3),
+                       "seconds_mapping": round(time.perf_counter() - t_map, 3)})
 
     def _init_rows(self, pool, comm, budget, exclude, g) -> torch.Tensor:
         if self.init == "fps":
