@@ -236,6 +236,7 @@ def part_profile(a, x, theta):
         if not cuda:
             return e.self_cpu_time_total
         return e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+
     out = {}
     for precision in a.precisions:
         pool = Pool(x, 0, len(x), precision)
