@@ -140,7 +140,7 @@ class ActiveFT(Selector):
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
-        g, t_init = generator(self.seed), time.perf_counter()
+        t_init, g = time.perf_counter(), generator(self.seed)
         fixed = pool.gather_rows(exclude, comm) if len(exclude) else pool.x.new_zeros((0, pool.x.shape[1]))
         state = checkpoints.load() if checkpoints else None
         if state is None:
@@ -174,7 +174,8 @@ class ActiveFT(Selector):
                 checkpoints.save({"theta": theta.detach().cpu(), "optimizer": opt.state_dict(), "iteration": it + 1,
                                   "generator": g.get_state(), "history": torch.tensor(history),
                                   "init_rows": init}, {"iteration": it + 1, "loss": loss})
-        centroids, t_map = F.normalize(theta.detach(), dim=1), time.perf_counter()
+        t_map = time.perf_counter()
+        centroids = F.normalize(theta.detach(), dim=1)
         rows, sims = greedy_unique(pool, comm, centroids, taken=exclude)
         return Result(rows.numpy(), {"centroid": np.arange(budget), "similarity": sims.numpy()},
                       {"loss_history": history, "init_rows": init.tolist(),

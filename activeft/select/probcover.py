@@ -28,6 +28,8 @@ from ..errors import ParameterError
 from ..params import Param, integer, number, optional
 from .registry import Result, Selector, graph_params, register_selector
 
+REACH = 2  # default neighbours per row: REACH x pool / budget
+
 log = logging.getLogger(__name__)
 GRID = np.linspace(0.05, 1.0, 20)  # purity radii, as BorealisAI/uherding compute_purity
 
@@ -61,11 +63,11 @@ class ProbCover(Selector):
                                                                          "with this share of pure balls (0.95 in "
                                                                          "the paper)."),
         "classes": Param(10, integer(2), "k-means clusters that label the balls for the purity rule."),
-        **graph_params(2),
+        **graph_params(REACH),
     }
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
-        rows, d2, radius = coverage_graph(pool, comm, budget, self.neighbours, self.candidates, self.seed)
+        rows, d2, radius = coverage_graph(pool, comm, budget, self.neighbours, self.candidates, self.seed, REACH)
         delta = (self.delta if self.delta is not None else
                  purity_radius(pool, comm, rows, d2, self.classes, self.purity, self.seed) if self.purity else radius)
         inside = (d2 < delta * delta) & (rows >= 0)
