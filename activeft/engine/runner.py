@@ -33,10 +33,17 @@ from .pool import Collectives, Pool, TorchCollectives
 log = logging.getLogger(__name__)
 
 
-def inject_failure(fail_at: int | None, step: int, restored: bool, rank: int, world_size: int) -> None:
-    """Test hook: the last rank raises once ``step`` reaches ``fail_at``, unless the run was itself
-    restored from a checkpoint."""
-    if fail_at is not None and not restored and step >= fail_at and rank == world_size - 1:
+def inject_failure(fail_at: int | None, step: int, restored: bool, rank: int) -> None:
+    """Test hook: rank 0 raises once ``step`` reaches ``fail_at``, unless the run was itself restored
+    from a checkpoint.
+
+    Rank 0, because its report carries the checkpoint: Ray Train queues it only after the upload,
+    when the other ranks' reports of that step are queued too, so the controller registers the
+    checkpoint before it sees the failure. A rank that failed right after a report without the
+    checkpoint could lose it (Ray Train drops a step that not every rank reported), and the run
+    would resume one checkpoint earlier.
+    """
+    if fail_at is not None and not restored and step >= fail_at and rank == 0:
         raise RuntimeError(f"injected failure of worker {rank} after step {step} (test hook)")
 
 
@@ -51,7 +58,6 @@ class Checkpoints:
     fail_at: int | None = None
     restored: bool = False
     rank: int = 0
-    world_size: int = 1
 
     def load(self) -> dict | None:
         return None
@@ -63,7 +69,7 @@ class Checkpoints:
         return bool(self.every) and step % self.every == 0
 
     def _after_save(self, metrics: dict) -> None:
-        inject_failure(self.fail_at, next(iter(metrics.values())), self.restored, self.rank, self.world_size)
+        inject_failure(self.fail_at, next(iter(metrics.values())), self.restored, self.rank)
 
 
 class LocalCheckpoints(Checkpoints):
@@ -86,10 +92,10 @@ class LocalCheckpoints(Checkpoints):
 class TrainCheckpoints(Checkpoints):
     """State saved through ``ray.train.report`` (rank 0 writes, every rank reports)."""
 
-    def __init__(self, every: int, rank: int, world_size: int, fail_at: int | None):
+    def __init__(self, every: int, rank: int, fail_at: int | None):
         import ray.train
 
-        self.every, self.rank, self.world_size, self.fail_at = every, rank, world_size, fail_at
+        self.every, self.rank, self.fail_at = every, rank, fail_at
         self.checkpoint = ray.train.get_checkpoint()
         self.restored = self.checkpoint is not None
 
@@ -219,7 +225,7 @@ def worker_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     comm = TorchCollectives()
-    checkpoints = TrainCheckpoints(config["checkpoint_every"], rank, world, config["fail_at"])
+    checkpoints = TrainCheckpoints(config["checkpoint_every"], rank, config["fail_at"])
     done = read_checkpoint(checkpoints.checkpoint, "result.json")
     if done is not None:  # the run already finished: hand its result back
         report({"done": 1}, {"result.json": done} if rank == 0 else None)

@@ -123,7 +123,7 @@ def train_loop(config: dict) -> None:
             _save(model, opt, epoch, history, rank)
         else:
             ray.train.report(record)
-        inject_failure(config["fail_at"], epoch + 1, checkpoint is not None, rank, world)
+        inject_failure(config["fail_at"], epoch + 1, checkpoint is not None, rank)
 
 
 def _unwrap(model):
