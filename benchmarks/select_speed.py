@@ -232,10 +232,8 @@ def part_profile(a, x, theta):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     init, empty = x[:a.k].clone(), theta.new_zeros((0, theta.shape[1]))
 
-    def own(e):  # self time of one operator, in microseconds (older torch: self_cuda_time_total)
-        if not cuda:
-            return e.self_cpu_time_total
-        return e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+    def own(e):  # self time of one operator, in microseconds
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
 
     out = {}
     for precision in a.precisions:

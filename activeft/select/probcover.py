@@ -28,9 +28,8 @@ from ..errors import ParameterError
 from ..params import Param, integer, number, optional
 from .registry import Result, Selector, graph_params, register_selector
 
-REACH = 2  # default neighbours per row: REACH x pool / budget
-
 log = logging.getLogger(__name__)
+REACH = 2  # default neighbours per row: REACH x pool / budget
 GRID = np.linspace(0.05, 1.0, 20)  # purity radii, as BorealisAI/uherding compute_purity
 
 
