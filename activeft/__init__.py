@@ -6,13 +6,13 @@ finetune a timm backbone on them, on a laptop or a Ray cluster with the same cod
 """
 
 from .calibrate import calibrate
-from .classifier import load_model
+from .models.classifier import load_model
 from .embed import embed
 from .finetune import finetune
-from .importer import import_embeddings
+from .embed.importer import import_embeddings
 from .loop import loop
 from .select import Selection, list_selectors, read_selection, select
-from .store import EmbeddingStore
+from .io.store import EmbeddingStore
 from .version import __version__  # noqa: F401  (activeft.__version__)
 
 __all__ = ["embed", "import_embeddings", "select", "read_selection", "Selection", "list_selectors", "calibrate",

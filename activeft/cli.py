@@ -17,14 +17,14 @@ import typer
 
 from .calibrate import PARAMS as calibrate_params
 from .calibrate import calibrate
-from .console import error_exit, setup_logging
+from .runtime.console import error_exit, setup_logging
 from .embed import PARAMS as embed_params
 from .embed import embed
 from .errors import ConfigError, suggest
 from .finetune import PARAMS as finetune_params
 from .finetune import finetune
-from .importer import PARAMS as import_params
-from .importer import import_embeddings
+from .embed.importer import PARAMS as import_params
+from .embed.importer import import_embeddings
 from .loop import PARAMS as loop_params
 from .loop import loop
 from .params import REQUIRED, cli_parameters

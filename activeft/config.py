@@ -6,7 +6,7 @@ prefix) and ``{output}`` (the resolved ``output``). A wrong key, type or value f
 work starts with one line naming the key and what is allowed.
 
 Relative paths resolve against the current directory. Under ``ray job submit --working-dir DIR`` that
-is Ray's temporary copy of DIR (:func:`activeft._ray.working_dir_copy`), which cannot see where the
+is Ray's temporary copy of DIR (:func:`activeft.runtime.cluster.working_dir_copy`), which cannot see where the
 job was submitted from and which Ray deletes: there a config naming a relative path is refused, in one
 line, before any work (submit with ``--working-dir "local://$PWD"`` to run in your own directory, or
 use absolute paths or ``s3://`` URIs).
@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
-from . import _ray, storage
+from .runtime import cluster
+from .io import storage
 from .calibrate import PARAMS as calibrate_params
 from .embed import PARAMS as embed_params
 from .errors import ActiveftError, ConfigError
@@ -219,7 +220,7 @@ def _paths(tree: dict, keys: tuple[str, ...], prefix: str = ""):
 def _check_relative(given: dict) -> None:
     """Refuse relative paths in a Ray job's working-dir copy: they would resolve inside it (outputs lost
     with it, inputs not found), never where the job was submitted from, which Ray does not pass on."""
-    copy = _ray.working_dir_copy()
+    copy = cluster.working_dir_copy()
     if copy is None:
         return
     relative = [f"{k}={v!r}" for k, v in _paths(given, _OUTPUTS + _INPUTS)

@@ -1,7 +1,7 @@
 """A small real image set for the demo and the README: scikit-learn's bundled handwritten
 digits (1,797 8x8 scans, UCI), upscaled to PNG files, one folder per class, plus a manifest
 with the true labels for benchmarks (selection never reads labels), and a small backbone
-trained on the images without their labels (:mod:`activeft.ssl`), so the demo selects from
+trained on the images without their labels (:mod:`activeft.models.ssl`), so the demo selects from
 features that carry the digits' structure rather than from a random network's."""
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def write_digits(folder: str, size: int = 32, limit: int | None = None) -> int:
 
 def write_backbone(folder: str, size: int = 32, epochs: int = 20, limit: int | None = None, seed: int = 0):
     """Train :data:`MODEL` with SimCLR on the digits as the ``size``-pixel PNG files show them (labels
-    unused) and write ``folder/backbone.safetensors``; return the :class:`activeft.ssl.Encoder`.
+    unused) and write ``folder/backbone.safetensors``; return the :class:`activeft.models.ssl.Encoder`.
 
     The backbone sees :data:`IMAGE_SIZE` pixels: embed with ``model=MODEL, image_size=IMAGE_SIZE``
     (as ``configs/demo.yaml`` does). Deterministic for a seed and torch thread count; about 20 CPU
     seconds.
     """
-    from .ssl import train
+    from .models.ssl import train
 
     images, _ = digit_images(size, limit)
     encoder = train(images, model=MODEL, image_size=IMAGE_SIZE, epochs=epochs, batch_size=128, seed=seed)

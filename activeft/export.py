@@ -13,7 +13,7 @@ import json
 import logging
 import time
 
-from . import stage, storage
+from .io import protocol, storage
 from .errors import ParameterError
 from .params import BOOL, TEXT, Rule, declared, integer, validate
 from .select import Selection, read_selection
@@ -71,7 +71,7 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     has_uris = "uri" in table.column_names
     output = storage.output_uri(output)
     settings = {"selection": sel.uri, "label_studio": label_studio, "presign": presign}
-    with stage.writing(output, "export", settings, marker=MARKER, resume=None, overwrite=True) as out:
+    with protocol.writing(output, "export", settings, marker=MARKER, resume=None, overwrite=True) as out:
         files = {"csv": storage.join(output, "selection.csv")}  # where they will be, once committed
         storage.write_csv(out.join("selection.csv"), table.select(["id", "uri", "rank"] if has_uris else
                                                                   ["id", "rank"]))

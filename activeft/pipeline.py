@@ -16,10 +16,10 @@ import time
 
 from pydantic import BaseModel
 
-from . import storage
+from .io import storage
 from .config import Config, load_config
 from .errors import ConfigError
-from .stage import changes, header
+from .io.protocol import changes, header
 
 log = logging.getLogger("activeft.pipeline")
 STATE = "_pipeline.json"
@@ -61,7 +61,7 @@ def embed_stage(p: Pipeline, e) -> str:
     """The embed stage of a pipeline, always resuming: new images of the source are embedded, finished
     partitions kept. Returns the store's URI."""
     from .embed import embed
-    from .store import MANIFEST
+    from .io.store import MANIFEST
 
     return p.stage("embed", lambda: embed(e.source, e.store, **e.model_dump(exclude={"source", "store"}),
                                           resume=True).uri, storage.join(e.store, MANIFEST), {"embed": e})
@@ -82,7 +82,7 @@ def main(run, argv: list[str] | None = None, prog: str | None = None) -> int:
 
     Bad input ends in one line on stderr and exit code 1 (``ACTIVEFT_DEBUG=1``: traceback).
     """
-    from .console import error_exit, setup_logging
+    from .runtime.console import error_exit, setup_logging
 
     parser = argparse.ArgumentParser(prog=prog, description=(run.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline config (YAML, local or s3://)")

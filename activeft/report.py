@@ -21,11 +21,11 @@ import logging
 import numpy as np
 import torch
 
-from . import storage
+from .io import storage
 from .engine import Collectives, FlatIndex, Pool, kmeans
 from .params import STORE, Rule, declared, integer, validate
 from .select import Selection, read_selection
-from .store import EmbeddingStore
+from .io.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
@@ -136,7 +136,7 @@ class _Thumbnails:
     (local or object storage); a store without image uris, or an unreadable image, has none."""
 
     def __init__(self, store: EmbeddingStore, rows: np.ndarray):
-        from .images import open_images
+        from .models.images import open_images
 
         self.uri_of, self.made, self.failed = {}, 0, 0
         if "uri" not in store.columns or not len(rows):

@@ -8,7 +8,7 @@ here, no downloads; random-init models, ``pretrained="none"``: speed does not de
   faster than 16 cores decode; CPU: ``resnet18`` at 128 px).
 
 Baseline: ``DataLoader(num_workers=<CPUs>)`` decoding with the same code
-(:func:`activeft.images.to_rgb`, :class:`activeft.backbone.Preprocess`), the model in the main
+(:func:`activeft.models.images.to_rgb`, :class:`activeft.models.backbone.Preprocess`), the model in the main
 process (CPU: all cores as torch threads; CUDA: pinned memory, non-blocking copies and the same
 autocast dtype as activeft).
 activeft: ``embed`` end to end (plan, Ray Data, shards, manifest) on a manifest of the first N
@@ -71,7 +71,7 @@ def make_images(folder: str, n: int, workers: int, size: int = 256) -> list[str]
 
 class _Files:
     def __init__(self, paths, config):
-        from activeft.backbone import Preprocess
+        from activeft.models.backbone import Preprocess
 
         self.paths, self.pre = paths, Preprocess(config)
 
@@ -81,7 +81,7 @@ class _Files:
     def __getitem__(self, i):
         from PIL import Image
 
-        from activeft.images import to_rgb
+        from activeft.models.images import to_rgb
 
         with Image.open(self.paths[i]) as img:
             img.load()
@@ -123,7 +123,7 @@ def plain_loop(paths, model, config, batch_size, workers, device) -> tuple[float
     import torch
     import torch.nn.functional as F
 
-    from activeft.backbone import Preprocess, pooled_features
+    from activeft.models.backbone import Preprocess, pooled_features
 
     pre = Preprocess(config)
     cuda = device.type == "cuda"
@@ -197,7 +197,7 @@ def run_setting(model_name, size, sizes, paths, workdir, batch_size, workers, de
     machine hits both; the marginal rate is the median over the repeats."""
     import torch
 
-    from activeft.backbone import BackboneSpec
+    from activeft.models.backbone import BackboneSpec
 
     spec = BackboneSpec(model_name, "none", size)
     model, _ = spec.build()

@@ -35,6 +35,7 @@ import fashion_mnist  # noqa: E402
 
 import activeft  # noqa: E402
 from activeft.calibrate import CALIBRATION  # noqa: E402
+from activeft.io import storage  # noqa: E402
 
 METHODS = ("random", "fds", "kmeans", "activeft", "activedc", "probcover", "typiclust", "herding", "bilaf")
 log = logging.getLogger("quality")
@@ -79,7 +80,7 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
         start = time.perf_counter()
         train = activeft.calibrate(pool, selection=os.path.join(base, "sel"), labels=labels, seed=seed,
                                    output=os.path.join(base, "cal"), overwrite=True, **params.get("calibrate", {}))
-        info = activeft.storage.read_json(os.path.join(base, "cal", CALIBRATION))
+        info = storage.read_json(os.path.join(base, "cal", CALIBRATION))
         row.update(calibrate_s=round(time.perf_counter() - start, 2), pseudo=info["pseudo"],
                    pseudo_accuracy=info["pseudo_label_accuracy"], skipped=info["skipped"])
     metrics = activeft.finetune(pool, train=train, val_store=test, output=os.path.join(base, "run"), mode="linear",

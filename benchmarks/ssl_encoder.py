@@ -1,4 +1,4 @@
-"""A Fashion-MNIST backbone trained without labels (SimCLR, ``activeft.ssl``): the quality
+"""A Fashion-MNIST backbone trained without labels (SimCLR, ``activeft.models.ssl``): the quality
 benchmark's second feature space.
 
 Trains on the 60,000 training images only (their labels are never read) with 2 torch threads and
@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fashion_mnist  # noqa: E402
 
-from activeft import ssl  # noqa: E402
-from activeft.backbone import BackboneSpec, Preprocess, pooled_features  # noqa: E402
+from activeft.models import ssl  # noqa: E402
+from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 log = logging.getLogger("ssl_encoder")
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     trained = BackboneSpec(args.model, path, args.image_size)
     random = BackboneSpec(args.model, "none", args.image_size)
     result = {
-        "method": "SimCLR (activeft.ssl.train), NT-Xent; Fashion-MNIST training images only, labels unused",
+        "method": "SimCLR (activeft.models.ssl.train), NT-Xent; Fashion-MNIST training images only, labels unused",
         "settings": {**settings, **{k: ssl.PARAMS[k].default for k in ("lr", "temperature", "min_scale")},
                      "torch_threads": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]},
         "train_seconds": enc.seconds, "train_cpu_seconds": round(cpu, 1),

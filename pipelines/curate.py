@@ -10,7 +10,7 @@ import logging
 import sys
 
 import activeft
-from activeft import storage
+from activeft.io import storage
 from activeft.export import MARKER as EXPORTED
 from activeft.export import export
 from activeft.pipeline import Pipeline, embed_stage, main

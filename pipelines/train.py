@@ -8,7 +8,7 @@ import logging
 import sys
 
 import activeft
-from activeft import storage
+from activeft.io import storage
 from activeft.calibrate import CALIBRATED, CALIBRATION
 from activeft.finetune import METRICS
 from activeft.pipeline import Pipeline, main

@@ -15,7 +15,7 @@ from images import write_broken, write_images
 from PIL import Image
 
 import activeft
-from activeft.backbone import BackboneSpec, Preprocess, pooled_features
+from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features
 from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
@@ -268,7 +268,7 @@ def test_import_embeddings(tmp_path):
 
 
 def test_failed_object_store_write_leaves_no_object(bucket):
-    from activeft import storage
+    from activeft.io import storage
 
     with pytest.raises(RuntimeError), storage.atomic_output(f"{bucket}/part-00000.parquet") as f:
         f.write(b"half a shard")

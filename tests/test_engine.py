@@ -276,7 +276,7 @@ def test_store_float16_reads_without_conversion(tmp_path):
     half = store.embeddings(3, 9, dtype="float16")
     assert store.dtype == "float16" and half.dtype == np.float16
     np.testing.assert_array_equal(half.astype(np.float32), store.embeddings(3, 9))
-    from activeft.engine.runner import load_pool
+    from activeft.runtime.runner import load_pool
 
     pool = load_pool(store, 0, 1, "cpu", precision="bf16")  # CPU keeps float32, as before
     assert pool.x.dtype == torch.float32 and pool.precision == "bf16"
@@ -284,7 +284,7 @@ def test_store_float16_reads_without_conversion(tmp_path):
 
 @pytest.mark.parametrize("n", [50_000, 60_000, 16_383, 7])
 def test_worker_ranges_hold_every_row_once(n):
-    from activeft.store import EmbeddingStore
+    from activeft.io.store import EmbeddingStore
 
     pool = type("Pool", (), {"__len__": lambda self: n})()
     for world in (1, 2, 3, 5):

@@ -50,7 +50,7 @@ def test_linear_mode_separable_features(features, tmp_path, head):
 
 def test_linear_is_sklearn_logistic_regression(features):
     sklearn = pytest.importorskip("sklearn.linear_model")
-    from activeft.heads import train_linear
+    from activeft.models.heads import train_linear
 
     d, store, train, val = features
     x = torch.from_numpy(store.embeddings()[:60])

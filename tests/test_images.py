@@ -6,7 +6,7 @@ import numpy as np
 from PIL import ExifTags, Image
 from timm.data import resolve_data_config
 
-from activeft.images import read_images, to_rgb
+from activeft.models.images import read_images, to_rgb
 
 CONFIG = resolve_data_config({"input_size": (3, 48, 48), "crop_pct": 1.0})
 

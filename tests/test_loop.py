@@ -12,8 +12,8 @@ from PIL import Image
 
 import activeft
 from activeft.engine import Collectives, Pool
-from activeft.heads import train_mlp
-from activeft.logme import logme
+from activeft.models.heads import train_mlp
+from activeft.models.logme import logme
 from activeft.loop.strategies import STRATEGIES, select_with_proxy
 
 pytestmark = pytest.mark.timeout(300)

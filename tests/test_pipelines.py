@@ -260,7 +260,7 @@ def test_label_studio_export_presigns_s3_urls(tmp_path, bucket):
 def test_metrics_are_registered_and_documented():
     from ray.util import metrics as ray_metrics
 
-    from activeft import metrics
+    from activeft.runtime import metrics
 
     readme = open(os.path.join(ROOT, "README.md")).read()
     for name, (kind, _) in metrics.METRICS.items():
@@ -271,7 +271,7 @@ def test_metrics_are_registered_and_documented():
 
 
 def test_grafana_dashboard_shows_every_metric():
-    from activeft import metrics
+    from activeft.runtime import metrics
 
     dash = json.loads(open(os.path.join(ROOT, "cluster", "grafana-activeft.json")).read())
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])

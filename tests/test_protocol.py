@@ -28,7 +28,8 @@ import s3fs
 from images import write_images
 
 import activeft
-from activeft import sources, stage, storage
+from activeft.embed import sources
+from activeft.io import protocol, storage
 from activeft.cli import main
 from activeft.errors import LabelsError, OutputExistsError, ParameterError, SourceError, StoreError
 
@@ -39,12 +40,12 @@ SLOW = ["--method", "activeft", "--iterations", "1000000", "--checkpoint-every",
 
 
 def child_env(**extra) -> dict:
-    return {**os.environ, stage.EXPIRY_ENV: str(EXPIRY), "ACTIVEFT_LOG_LEVEL": "WARNING", **extra}
+    return {**os.environ, protocol.EXPIRY_ENV: str(EXPIRY), "ACTIVEFT_LOG_LEVEL": "WARNING", **extra}
 
 
 @pytest.fixture(autouse=True)
 def short_leases(monkeypatch):
-    monkeypatch.setenv(stage.EXPIRY_ENV, str(EXPIRY))
+    monkeypatch.setenv(protocol.EXPIRY_ENV, str(EXPIRY))
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_a_swap_cut_short_by_sigkill_is_finished_by_the_next_run(store, tmp_path
     activeft.select(store, 10, method="random", output=sel)
     code = f"""
 import os, signal, sys
-from activeft import storage
+from activeft.io import storage
 moved = []
 real = storage.move
 def move(src, dst):
@@ -277,7 +278,7 @@ def test_lease_conditional_create_takeover_and_loss(bucket, tmp_path):
 
         def take(uri, wins, errors):
             try:
-                wins.append(stage.Lease.take(uri, "test"))
+                wins.append(protocol.Lease.take(uri, "test"))
             except OutputExistsError as e:
                 errors.append(str(e))
 
@@ -290,20 +291,20 @@ def test_lease_conditional_create_takeover_and_loss(bucket, tmp_path):
         held = wins[0]
         time.sleep(EXPIRY + 0.5)
         with pytest.raises(OutputExistsError, match="being written by another run"):
-            stage.Lease.take(uri, "test")  # the heartbeat keeps a live lease fresh
+            protocol.Lease.take(uri, "test")  # the heartbeat keeps a live lease fresh
         # a lease whose holder stopped beating is taken over only after it expired
         held._stop.set()
         held._thread.join()
         with pytest.raises(OutputExistsError):
-            stage.Lease.take(uri, "test")
+            protocol.Lease.take(uri, "test")
         time.sleep(EXPIRY + 0.5)
-        other = stage.Lease.take(uri, "test")
+        other = protocol.Lease.take(uri, "test")
         with pytest.raises(OutputExistsError, match="was taken over by another run"):
             held.renew()  # the old holder learns it lost the output, and commits nothing
         held.release()
-        assert storage.exists(f"{uri}/{stage.LEASE}")  # its release does not free the new holder's lease
+        assert storage.exists(f"{uri}/{protocol.LEASE}")  # its release does not free the new holder's lease
         other.release()
-        assert not storage.exists(f"{uri}/{stage.LEASE}")
+        assert not storage.exists(f"{uri}/{protocol.LEASE}")
 
 
 # ---- 3-4. refused before any work: empty and root outputs, exclusive flags -----------------------------------------
@@ -365,11 +366,11 @@ def test_ray_never_joins_a_foreign_head_on_this_host(tmp_path):
         code = """
 import logging, sys, ray
 from ray._private.services import canonicalize_bootstrap_address
-from activeft import _ray
-from activeft.console import setup_logging
+from activeft.runtime import cluster
+from activeft.runtime.console import setup_logging
 setup_logging()
 print("plain ray.init() would join:", canonicalize_bootstrap_address(None))
-_ray.init()
+cluster.init()
 print("ours:", ray.get_runtime_context().gcs_address)
 """
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
@@ -472,7 +473,7 @@ def test_object_store_outage_mid_run_is_one_line_naming_the_uri(store, tmp_path)
         fs.mkdir("outage")
         fs.put(store.uri + "/", "outage/pool/", recursive=True)
         proc = spawn([*CLI, "select", "s3://outage/pool", "--budget", "10", "-o", "s3://outage/sel", *SLOW],
-                     tmp_path / "err.log", AWS_ENDPOINT_URL=endpoint, **{stage.EXPIRY_ENV: "60"})  # (no lease warning)
+                     tmp_path / "err.log", AWS_ENDPOINT_URL=endpoint, **{protocol.EXPIRY_ENV: "60"})  # (no lease warning)
         try:
             wait_for(lambda: fs.exists("outage/sel/_work/select/state.pt"), proc, what="a checkpoint on S3")
         except BaseException:

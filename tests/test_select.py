@@ -199,7 +199,7 @@ def test_two_worker_mapping_is_the_sequential_greedy(store):
 
     from jobs import mapping_job
 
-    from activeft.engine import run
+    from activeft.runtime.runner import run
 
     x = torch.from_numpy(store.embeddings())
     g = torch.Generator().manual_seed(0)

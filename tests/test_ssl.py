@@ -1,4 +1,4 @@
-"""Self-supervised training (SimCLR, ``activeft.ssl``) and the demo's backbone trained with it."""
+"""Self-supervised training (SimCLR, ``activeft.models.ssl``) and the demo's backbone trained with it."""
 
 import doctest
 import os
@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from activeft import demo, ssl
-from activeft.backbone import BackboneSpec
+from activeft import demo
+from activeft.models import ssl
+from activeft.models.backbone import BackboneSpec
 from activeft.errors import ParameterError
 
 pytestmark = pytest.mark.timeout(120)

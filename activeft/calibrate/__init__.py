@@ -17,13 +17,14 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from .. import metrics, stage, storage
-from ..engine import run
+from ..runtime import metrics
+from ..io import protocol, storage
+from ..runtime.runner import run
 from ..errors import LabelsError
-from ..labels import check_against, class_indices, class_map, read_labels
+from ..io.labels import check_against, class_indices, class_map, read_labels
 from ..params import BOOL, STORE, TABLE, TEXT, Rule, declared, integer, number, optional, validate
 from ..select import read_selection
-from ..store import EmbeddingStore
+from ..io.store import EmbeddingStore
 from . import activedc as dc
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
               "samples_per_label": per_label, "emd_filter": emd_filter, "max_draws": max_draws,
               "kmeans_runs": kmeans_runs, "seed": seed}
     job = functools.partial(_job, rows, klass, len(classes), params)
-    with stage.writing(output, "calibration", params, marker=CALIBRATION, resume=None, overwrite=overwrite) as dest:
+    with protocol.writing(output, "calibration", params, marker=CALIBRATION, resume=None, overwrite=overwrite) as dest:
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
                      transform=functools.partial(dc.tukey, lam=tukey_lambda))
         pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
@@ -127,7 +128,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
         metrics.inc("activeft_calibrate_pseudo_labels", len(pseudo_ids), stage="calibrate")
         per_class = {str(c): {"labeled": int((klass == j).sum()),
                               "pseudo": sum(given[o] == c for o in origin)} for j, c in enumerate(classes)}
-        info = {**stage.header(), "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
+        info = {**protocol.header(), "store": store.uri, "selection": sel.uri, "params": params, "classes": classes,
                 "labeled": len(rows), "pseudo": len(pseudo_ids), "per_class": per_class,
                 "skipped": result["skipped"], "draws": result["draws"], "emd_rejected": result["emd_rejected"],
                 "beta": result["beta"], "labeled_percent": result["percent"],

@@ -1,8 +1,8 @@
-"""The engine: the sharded pool view, its chunked primitives, the pool algorithms every stage
-shares, and the one runner (in-process or a Ray Train worker group).
+"""The engine: the sharded pool view, its chunked primitives and the pool algorithms every stage
+shares, in pure torch.
 
-Stages (select, calibrate, the loop, the report, finetune) import from here; nothing here
-imports a stage.
+Nothing here imports Ray, storage or the store: :mod:`activeft.runtime.runner` runs an engine job
+in this process or on a Ray Train worker group, and the engine is tested without Ray.
 """
 
 from .graph import coverage_graph, greedy_cover, knn_graph, neighbours
@@ -14,13 +14,14 @@ from .pool import (
     Pool,
     TorchCollectives,
     all_sum,
+    gauge,
     generator,
     log_every,
     merge_topk,
+    on_gauge,
     row_uniforms,
     sample_rows,
 )
-from .runner import Checkpoints, run
 from .search import (
     PRECISIONS,
     FlatIndex,
@@ -36,4 +37,4 @@ __all__ = ["Pool", "Collectives", "TorchCollectives", "merge_topk", "generator",
            "all_sum", "log_every", "FlatIndex", "nearest", "exact_scores", "chunk_rows", "stream_rows", "PRECISIONS",
            "default_precision", "resolve_precision", "kmeans", "kmeans_plusplus", "kmeans_parallel", "seed_rows",
            "SEEDINGS", "DEFAULT_SEEDING", "lloyd", "k_center_greedy", "neighbours", "knn_graph", "coverage_graph",
-           "greedy_cover", "greedy_unique", "Checkpoints", "run"]
+           "greedy_cover", "greedy_unique", "gauge", "on_gauge"]

@@ -22,8 +22,7 @@ import logging
 
 import torch
 
-from .. import metrics
-from .pool import Collectives, Pool, all_sum, generator, log_every, row_uniforms, sample_rows
+from .pool import Collectives, Pool, all_sum, gauge, generator, log_every, row_uniforms, sample_rows
 from .search import FlatIndex, exact_scores, stream_rows
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ def lloyd(pool: Pool, comm: Collectives, centroids: torch.Tensor, iterations: in
         empty = _split_empty(centroids, host[2:], pool.size, g)
         centroids = centroids.float()
         history.append(inertia)
-        metrics.set("activeft_kmeans_inertia", inertia, stage=tag)
+        gauge("activeft_kmeans_inertia", inertia, tag)
         if comm.rank == 0 and (it % every == 0 or it == iterations - 1):
             log.info("%s: iteration %d/%d inertia %.6g%s", tag, it + 1, iterations, inertia,
                      f" ({empty} empty clusters re-seeded)" if empty else "")

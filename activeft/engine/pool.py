@@ -18,6 +18,19 @@ from dataclasses import dataclass
 
 import torch
 
+_GAUGES: list = []
+
+
+def on_gauge(fn) -> None:
+    """Call ``fn(name, value, tag)`` for every gauge the engine reports (k-means inertia): the runtime
+    forwards them to Ray's metrics, so the engine itself never imports Ray."""
+    _GAUGES.append(fn)
+
+
+def gauge(name: str, value: float, tag: str) -> None:
+    for fn in _GAUGES:
+        fn(name, value, tag)
+
 
 @dataclass
 class Pool:

@@ -4,7 +4,7 @@ Modes:
 
 - ``linear``: the backbone stays frozen; a head is trained on the stored embeddings of the
   training ids (no image is read): logistic regression (L-BFGS) or, with ``head="mlp"``,
-  ASVP's MLP (:mod:`activeft.heads`). Runs in this process, anywhere; the CPU benchmarks use it.
+  ASVP's MLP (:mod:`activeft.models.heads`). Runs in this process, anywhere; the CPU benchmarks use it.
 - ``full``: a Ray Train ``TorchTrainer`` over a Ray Data dataset of the training images, decoded
   and augmented per epoch (timm's RandomResizedCrop + flip), the store's timm backbone and weights
   with a new head; the DeiT recipe of the papers, scaled for small sets (:mod:`.full`).
@@ -26,14 +26,15 @@ import time
 import numpy as np
 import torch
 
-from .. import metrics, stage, storage
-from ..backbone import BackboneSpec
-from ..classifier import METRICS, Classifier, build_classifier
+from ..runtime import metrics
+from ..io import protocol, storage
+from ..models.backbone import BackboneSpec
+from ..models.classifier import METRICS, Classifier, build_classifier
 from ..errors import LabelsError, ModelError, StoreError, check
-from ..heads import train_linear, train_mlp
-from ..labels import class_indices, class_map, read_labels
+from ..models.heads import train_linear, train_mlp
+from ..io.labels import class_indices, class_map, read_labels
 from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, validate
-from ..store import EmbeddingStore
+from ..io.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 MODES = ("linear", "full", "lp-ft")
@@ -133,7 +134,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
               "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
     output = storage.output_uri(output)
-    with stage.writing(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite) as out:
+    with protocol.writing(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(store.embeddings_at(rows))
@@ -261,11 +262,11 @@ def _describe_val(val, val_store):
     return None
 
 
-def _finish(out: stage.Output, dim, classes, config, state, history, best_epoch, start) -> dict:
+def _finish(out: protocol.Output, dim, classes, config, state, history, best_epoch, start) -> dict:
     from safetensors.torch import save
 
     vals = [h["val_accuracy"] for h in history if "val_accuracy" in h]
-    info = {**stage.header(), "config": config, "classes": classes, "dim": dim, "history": history,
+    info = {**protocol.header(), "config": config, "classes": classes, "dim": dim, "history": history,
             "final_val_accuracy": vals[-1] if vals else None, "best_val_accuracy": max(vals) if vals else None,
             "exported_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 3)}
     if vals:

@@ -27,11 +27,12 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from .. import metrics, storage
-from ..backbone import Preprocess
-from ..classifier import build_classifier
-from ..engine.runner import inject_failure, read_checkpoint, report, train_group
-from ..images import read_images
+from ..runtime import metrics
+from ..io import storage
+from ..models.backbone import Preprocess
+from ..models.classifier import build_classifier
+from ..runtime.runner import inject_failure, read_checkpoint, report, train_group
+from ..models.images import read_images
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     import ray
     from ray.train import CheckpointConfig
 
-    from .. import _ray
+    from ..runtime import cluster
 
-    _ray.init()
+    cluster.init()
     model, _ = spec.build()
     data_config = spec.data_config(model)
     del model

@@ -1,7 +1,7 @@
 """The loop stage: multi-round active learning through a proxy (ASVP; Wen, Pizarro, Williams, TMLR 2024).
 
 Official code: github.com/ZiTingW/asvp. Each round trains the proxy (ASVP's MLP, from scratch, on
-the labeled embeddings: :func:`activeft.heads.train_mlp`), scores the unlabeled pool on the sharded
+the labeled embeddings: :func:`activeft.models.heads.train_mlp`), scores the unlabeled pool on the sharded
 engine and selects the round's budget with a strategy (:mod:`.strategies`, or any selection
 method through :func:`activeft.select`); the first round has no labels, so it uses a selection
 method (ActiveFT by default: cold start) instead of the official code's random.
@@ -40,16 +40,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .. import metrics, stage, storage
-from ..engine import run
+from ..runtime import metrics
+from ..io import protocol, storage
+from ..runtime.runner import run
 from ..errors import ConfigError, ParameterError, check
 from ..export import export
-from ..heads import train_mlp
-from ..labels import class_indices, class_map, read_labels
-from ..logme import logme
+from ..models.heads import train_mlp
+from ..io.labels import class_indices, class_map, read_labels
+from ..models.logme import logme
 from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, parsed, validate
 from ..select import list_selectors, select
-from ..store import EmbeddingStore
+from ..io.store import EmbeddingStore
 from .strategies import STRATEGIES, strategy_job
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def _one_writer(fn):
         if "state" not in kwargs:
             return fn(*args, **kwargs)
         state = storage.output_uri(kwargs["state"], "state")
-        with stage.lease(state, "loop"):
+        with protocol.lease(state, "loop"):
             return fn(*args, **{**kwargs, "state": state})
     return locked
 
@@ -279,15 +280,15 @@ def _load(state: str, config: dict) -> dict:
     uri = storage.join(state, STATE)
     if not storage.exists(uri):
         storage.check_writable(state)
-        return {**stage.header(), "config": config, "store": config["store"],
+        return {**protocol.header(), "config": config, "store": config["store"],
                 "stores": [config["store"]], "rounds": [], "final": None, "cost": {"labels": 0}}
     st = storage.read_json(uri)
     before = {k: v for k, v in st["config"].items() if k != "budgets"}
     now = {k: v for k, v in config.items() if k != "budgets"}
     done = st["config"]["budgets"]
-    diff = stage.changes(before, now)
+    diff = protocol.changes(before, now)
     if diff is None and config["budgets"][:len(done)] != done[:len(config["budgets"])]:
-        diff = stage.changes({"budgets": done}, {"budgets": config["budgets"]})
+        diff = protocol.changes({"budgets": done}, {"budgets": config["budgets"]})
     if diff:
         raise ConfigError(f"state {state} was started with a different config {diff}; "
                           "use another --state, or the same options (more rounds may be added)")
@@ -395,7 +396,7 @@ def _labeled(store: EmbeddingStore, given: pa.Table) -> tuple[torch.Tensor, torc
 def _probe(store: EmbeddingStore, given: pa.Table, eval_store) -> float:
     """Top-1 on ``eval_store`` of the linear probe trained on all labels so far."""
     from ..finetune import accuracy, validation_set
-    from ..heads import train_linear
+    from ..models.heads import train_linear
 
     x, y, classes = _labeled(store, given)
     source, rows, target = validation_set(store, None, eval_store, classes)

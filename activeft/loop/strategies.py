@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Collectives, Pool, chunk_rows, generator, k_center_greedy, kmeans_plusplus, merge_topk
-from ..heads import MLP
+from ..models.heads import MLP
 
 
 def _proxy_outputs(proxy: MLP, x: torch.Tensor):

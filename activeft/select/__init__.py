@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .. import stage, storage
-from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, run, sample_rows
+from ..io import protocol, storage
+from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, sample_rows
+from ..runtime.runner import run
 from ..errors import ParameterError, StoreError, check
 from ..params import BOOL, TEXT, Rule, declared, integer, one_of, optional, parsed, validate
-from ..store import EmbeddingStore
+from ..io.store import EmbeddingStore
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .registry import Selector, get_selector, list_selectors
 
@@ -146,7 +147,7 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
               "num_workers": num_workers}
     import torch
 
-    with stage.writing(output, "selection", config, marker=SELECTION, resume=resume, overwrite=overwrite) as out:
+    with protocol.writing(output, "selection", config, marker=SELECTION, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return read_selection(output)  # resumed a run that had finished
         work = out.join("_work", "select") if output else None
@@ -159,7 +160,7 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
         table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
         for name, values in result["columns"].items():
             table = table.append_column(name, pa.array(values))
-        info = {**stage.header(), "config": config, "budget": budget, "pool_size": len(store),
+        info = {**protocol.header(), "config": config, "budget": budget, "pool_size": len(store),
                 "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
                 **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
         selection = Selection(table.column("id").to_pylist(), table, info, output)
@@ -222,7 +223,7 @@ def read_ids(source, what: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _write(out: stage.Output, selection: Selection) -> None:
+def _write(out: protocol.Output, selection: Selection) -> None:
     storage.write_parquet(out.join("selection.parquet"), selection.table)
     storage.write_csv(out.join("selection.csv"),
                       selection.table.select([c for c in ("id", "uri") if c in selection.table.column_names]))

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import metrics
+from ..runtime import metrics
 from ..engine import (
     Collectives,
     FlatIndex,

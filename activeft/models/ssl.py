@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ParameterError
-from .params import TEXT, declared, integer, number, validate
+from ..errors import ParameterError
+from ..params import TEXT, declared, integer, number, validate
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def train(images: np.ndarray, *, model: str = "test_resnet", image_size: int = 3
     Examples
     --------
     >>> import numpy as np
-    >>> from activeft.ssl import train
+    >>> from activeft.models.ssl import train
     >>> images = np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8)
     >>> enc = train(images, epochs=2, batch_size=8)
     >>> len(enc.losses), enc.image_size

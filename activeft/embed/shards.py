@@ -19,8 +19,8 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
-from .store import WORK, shard_name
+from ..io import storage
+from ..io.store import WORK, shard_name
 
 _RUN = re.compile(r"(\d{9})-(\d{9})\.parquet")
 

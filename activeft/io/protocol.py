@@ -34,9 +34,9 @@ import time
 from collections.abc import Iterator
 
 from . import storage
-from ._lease import EXPIRY_ENV, LEASE, Lease, lease  # noqa: F401  (part of the protocol's surface)
-from .errors import ActiveftError, OutputExistsError, ParameterError
-from .version import __version__
+from .lease import EXPIRY_ENV, LEASE, Lease, lease
+from ..errors import ActiveftError, OutputExistsError, ParameterError
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 RECORD = "_work/config.json"

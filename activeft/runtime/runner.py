@@ -25,12 +25,14 @@ import uuid
 
 import torch
 
-from .. import storage
+from ..io import storage
 from ..errors import ActiveftError, StoreError
-from ..store import EmbeddingStore
-from .pool import Collectives, Pool, TorchCollectives
+from ..io.store import EmbeddingStore
+from ..engine import Collectives, Pool, TorchCollectives, on_gauge
+from . import metrics
 
 log = logging.getLogger(__name__)
+on_gauge(metrics.set)  # the engine's gauges (k-means inertia) reach the Ray dashboard from every process that runs it
 
 
 def inject_failure(fail_at: int | None, step: int, restored: bool, rank: int) -> None:
@@ -150,9 +152,9 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .. import _ray
+    from . import cluster
 
-    _ray.init()
+    cluster.init()
     storage_path, name = storage.absolute(work).rsplit("/", 1)
     trainer = TorchTrainer(
         loop, train_loop_config=config, datasets=datasets,
@@ -187,7 +189,7 @@ def load_pool(store, rank: int, world: int, device, transform=None, precision: s
 def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | None = None,
         resume: bool = False, checkpoint_every: int = 0, transform=None, fail_at: int | None = None,
         precision: str | None = None) -> dict:
-    """Run ``job`` over ``store`` (an :class:`~activeft.store.EmbeddingStore`) on ``num_workers``
+    """Run ``job`` over ``store`` (an :class:`~activeft.io.store.EmbeddingStore`) on ``num_workers``
     workers; return its result (from rank 0). ``precision`` is the pools' (:class:`Pool`)."""
     if num_workers > len(store):
         raise StoreError(f"{num_workers} workers for a pool of {len(store)} rows: use at most {len(store)}")

@@ -16,20 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import stage, storage
-from .errors import SourceError
-from .params import BOOL, TEXT, declared, integer, one_of, optional, validate
-from .store import (
-    DTYPES,
-    ERRORS,
-    MANIFEST,
-    STAGE,
-    EmbeddingStore,
-    embedding_array,
-    embedding_matrix,
-    shard_name,
-    write_manifest,
-)
+from ..io import protocol, storage
+from ..errors import SourceError
+from ..params import BOOL, TEXT, declared, integer, one_of, optional, validate
+from ..io.store import DTYPES, ERRORS, MANIFEST, STAGE, EmbeddingStore, embedding_array, embedding_matrix, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +72,7 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
         _parquet_batches(table, id_column, embedding_column, partition_size)
     settings = {"imported_from": str(table), "dtype": dtype, "normalize": normalize}
     # on --overwrite the new store is written beside the old one, which bad input found late never touches
-    with stage.writing(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite) as out:
+    with protocol.writing(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite) as out:
         shards, dim, columns = [], None, None
         for i, (batch, x) in enumerate(_checked(table, batches, normalize)):
             dim = x.shape[1]

@@ -65,7 +65,7 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, hidden: int |
     flag is unused), so the proxy sees what every other stage sees.
     """
     if len(x) < 2:
-        from .errors import LabelsError
+        from ..errors import LabelsError
 
         raise LabelsError(f"the MLP head needs at least 2 labeled samples (BatchNorm), got {len(x)}")
     g = torch.Generator().manual_seed(seed)

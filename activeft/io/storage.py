@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ActiveftError, ParameterError, StoreError
+from ..errors import ActiveftError, ParameterError, StoreError
 
 
 class StorageUnavailable(StoreError):

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 
 from . import storage
-from .errors import OutputExistsError, ParameterError, StoreError
+from ..errors import OutputExistsError, ParameterError, StoreError
 
 log = logging.getLogger(__name__)
 LEASE = "_work/lease.json"

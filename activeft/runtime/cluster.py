@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import ActiveftError
+from ..errors import ActiveftError
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.extensions import ArrowTensorArray
 
-from . import _ray, _shards, metrics, sources, stage, storage
-from .backbone import BackboneSpec, Preprocess, pooled_features
-from .errors import ParameterError, StoreError, TooManyErrors, check
-from .images import read_images
-from .params import BOOL, TEXT, declared, integer, number, one_of, optional, parsed, validate
-from .store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
+from ..runtime import cluster, metrics
+from . import shards, sources
+from ..io import protocol, storage
+from ..models.backbone import BackboneSpec, Preprocess, pooled_features
+from ..errors import ParameterError, StoreError, TooManyErrors, check
+from ..models.images import read_images
+from ..params import BOOL, TEXT, declared, integer, number, one_of, optional, parsed, validate
+from ..io.store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     start = time.perf_counter()
     output = storage.output_uri(output)
     spec = BackboneSpec(model, pretrained, image_size)
-    stage.check(output, STAGE, None, marker=MANIFEST, resume=resume, overwrite=overwrite)  # fail before any work
+    protocol.check(output, STAGE, None, marker=MANIFEST, resume=resume, overwrite=overwrite)  # fail before any work
     table = sources.read_source(source)
     net, weights = spec.build()
     config = spec.data_config(net)
@@ -102,24 +104,24 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     # only now that source and model are known to be good. A finished store is resumed too: new images of
     # the source go into new shards. On --overwrite the new store is written beside the old one and swapped
     # in once complete; too many decode errors keep a new store's work for --resume.
-    with stage.writing(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
+    with protocol.writing(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
                        verb="embedded", keep_on=(TooManyErrors,)) as out:
         work = out.dir  # the store itself, or on --overwrite the staging beside it
         sizes, new = _plan(work, table, partition_size)
         columns = ["id", "uri", "embedding"] + [c for c in table.column_names if c not in ("id", "uri")]
         todo = {p: n for p, n in sizes.items()
-                if not _shards.consolidate(work, p, n, columns)}
+                if not shards.consolidate(work, p, n, columns)}
         for p in todo:  # partitions left half-staged by an interrupted run are redone whole
-            storage.delete(_shards.staging_uri(work, p))
+            storage.delete(shards.staging_uri(work, p))
         log.info("embed: %d images in %d partitions; %d new images; %d partitions to embed",
                  sum(sizes.values()), len(sizes), new, len(todo))
         fresh = _uncounted(work, sizes)
         if todo or fresh:  # (fresh alone: shards a killed run left, counted on Ray's metrics by _commit)
-            _ray.init()
+            cluster.init()
         if todo:
             _run_pipeline(work, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
         _commit(work, sizes, columns, settings, config, dim, source, max_error_fraction, fresh,
-                embedded=sum(todo.values()), seconds=time.perf_counter() - start, replacing=out.state == stage.REPLACE)
+                embedded=sum(todo.values()), seconds=time.perf_counter() - start, replacing=out.state == protocol.REPLACE)
         out.commit()  # _work/files.json, then the swap on --overwrite
     return EmbeddingStore(output)
 
@@ -167,7 +169,7 @@ def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, 
         part = table.slice(lo, partition_size)
         part = part.append_column("partition", pa.array(np.full(part.num_rows, first + i, np.int32)))
         part = part.append_column("row", pa.array(np.arange(part.num_rows, dtype=np.int32)))
-        storage.write_parquet(_shards.plan_uri(output, first + i), part)
+        storage.write_parquet(shards.plan_uri(output, first + i), part)
         sizes[first + i] = part.num_rows
     return sizes, table.num_rows
 
@@ -175,7 +177,7 @@ def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, 
 def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor):
     import ray
 
-    gpus, cpus = _ray.cluster_gpus(), float(ray.cluster_resources().get("CPU", 1))
+    gpus, cpus = cluster.cluster_gpus(), float(ray.cluster_resources().get("CPU", 1))
     if gpus and gpus_per_actor is None:
         gpus_per_actor = 1.0
     if gpus_per_actor and not gpus:
@@ -193,7 +195,7 @@ def _run_pipeline(output, todo, columns, spec, config, dim, dtype, batch_size, p
     rows = min(batch_size * max(1, 256 // batch_size), math.ceil(sum(todo.values()) / (2 * cpus)))
     threads = None if gpus_per_actor else max(1, int(cpus) // pool[1])
     fs, _ = storage.resolve(output)
-    paths = [storage.resolve(_shards.plan_uri(output, p))[1] for p in sorted(todo)]
+    paths = [storage.resolve(shards.plan_uri(output, p))[1] for p in sorted(todo)]
     ds = ray.data.read_parquet(paths, filesystem=fs, concurrency=1).repartition(target_num_rows_per_block=rows)
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"config": config},
                         num_cpus=1)
@@ -290,14 +292,14 @@ class ShardSink(Datasink):
         blocks = [b for b in blocks if b.num_rows]
         if not blocks:
             return []
-        touched = _shards.stage(self.output, pa.concat_tables(blocks))
+        touched = shards.stage(self.output, pa.concat_tables(blocks))
         for p in touched:
-            _shards.consolidate(self.output, p, self.sizes[p], self.columns)
+            shards.consolidate(self.output, p, self.sizes[p], self.columns)
         return touched
 
     def on_write_complete(self, write_result) -> None:
         missing = [p for p, n in self.sizes.items()
-                   if not _shards.consolidate(self.output, p, n, self.columns)]
+                   if not shards.consolidate(self.output, p, n, self.columns)]
         if missing:
             raise StoreError(f"{len(missing)} partitions of {self.output} were not fully written "
                              f"(e.g. {shard_name(missing[0])}); rerun with --resume")

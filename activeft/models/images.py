@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import storage
+from ..io import storage
 
 _BUFFER = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
-from .errors import StoreError
-from .stage import header
+from ..errors import StoreError
+from .protocol import header
 
 MANIFEST = "_manifest.json"
 STAGE = "embedding store"  # the stage name both embed and import-embeddings record

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .errors import ActiveftError
+from ..errors import ActiveftError
 
 
 def error_exit(e: Exception, prog: str) -> int:

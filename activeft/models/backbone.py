@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import storage
-from .errors import ModelError, suggest
+from ..io import storage
+from ..errors import ModelError, suggest
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _sha256(path: str) -> str:
 
 @dataclass
 class Preprocess:
-    """RGB PIL image (:func:`activeft.images.open_images` makes one) -> uint8 CHW array, by timm's
+    """RGB PIL image (:func:`activeft.models.images.open_images` makes one) -> uint8 CHW array, by timm's
     eval (or train) transform without normalisation.
 
     Normalisation (``/255``, mean, std) runs on the model's device in :meth:`normalize`,

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
-from .errors import LabelsError
+from ..errors import LabelsError
 
 
 def _few(values, n: int = 3) -> str:
