@@ -22,17 +22,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
-from .runtime import cluster
-from .io import storage
-from .calibrate import PARAMS as calibrate_params
-from .embed import PARAMS as embed_params
+from . import stages
 from .errors import ActiveftError, ConfigError
-from .export import PARAMS as export_params
-from .finetune import PARAMS as finetune_params
-from .loop import PARAMS as loop_params
-from .params import config_fields
-from .report import PARAMS as report_params
-from .select import PARAMS as select_params
+from .io import storage
+from .params import config_fields, validate
+from .runtime import cluster
 
 
 class _Section(BaseModel):
@@ -53,54 +47,44 @@ def section(name: str, declared: dict, **extra) -> type[_Section]:
     return create_model(name, __base__=_Section, __validators__=validators, **{**config_fields(declared), **extra})
 
 
-def _without(declared: dict, *names: str) -> dict:
-    return {k: p for k, p in declared.items() if k not in names}
+# The keys of a group of sections that are the group's own (the train pipeline's inputs).
+GROUPS = {"train": {"labels": (str, ...), "store": (str, "{output}/store"), "selection": (str, "{output}/selection")}}
 
 
-EmbedConfig = section("EmbedConfig", _without(embed_params, "output", "resume", "overwrite"),
-                      store=(str, "{output}/store"))
-
-
-SelectConfig = section("SelectConfig", _without(select_params, "store", "output", "resume", "overwrite"),
-                       output=(str, "{output}/selection"), params=(dict[str, Any], {}))
-
-
-ReportConfig = section("ReportConfig", _without(report_params, "store", "selection", "seed"), enabled=(bool, True))
-
-
-ExportConfig = section("ExportConfig", _without(export_params, "selection"), output=(str, "{output}/export"))
-CalibrateConfig = section("CalibrateConfig", _without(calibrate_params, "store", "selection", "labels", "overwrite"),
-                          output=(str, "{output}/calibration"), enabled=(bool, True))
-FinetuneConfig = section("FinetuneConfig", _without(finetune_params, "store", "train", "resume", "overwrite"),
-                         output=(str, "{output}/finetune"))
-
-
-class TrainConfig(_Section):
-    labels: str
-    store: str = "{output}/store"
-    selection: str = "{output}/selection"
-    calibrate: CalibrateConfig = CalibrateConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-
-
-LoopConfig = section("LoopConfig", _without(loop_params, "store", "state"), store=(str, "{output}/store"),
-                     state=(str, "{output}/loop"))
-
-
-class Config(_Section):
+class _Config(_Section):
     name: str = "activeft"
     output: str
-    embed: EmbedConfig | None = None
-    select: SelectConfig | None = None
-    report: ReportConfig = ReportConfig()
-    export: ExportConfig = ExportConfig()
-    train: TrainConfig | None = None
-    loop: LoopConfig | None = None
 
     def require(self, *sections: str) -> None:
         missing = [s for s in sections if getattr(self, s) is None]
         if missing:
             raise ConfigError(f"config has no '{missing[0]}' section, which this pipeline needs")
+
+
+def _stage_section(entry: stages.Stage) -> tuple:
+    """``(model, default)`` of a stage's config section: its declared parameters (less those the pipeline
+    passes itself) and the section's own keys; present by default when ``always``."""
+    sec = entry.section
+    name = "".join(part.title() for part in sec.path.rpartition(".")[2].split("_")) + "Config"
+    model = section(name, {k: p for k, p in entry.params.items() if k not in sec.fixed}, **sec.extra)
+    return (model, model()) if sec.always else (model | None, None)
+
+
+def config_model() -> type[_Config]:
+    """The config schema, from the stage table: a section per stage (``train.calibrate`` nests in the
+    ``train`` group, whose own keys are in :data:`GROUPS`)."""
+    import activeft  # noqa: F401  (registers every stage)
+
+    top: dict = {}
+    nested: dict = {}
+    for entry in stages.list_stages():
+        if entry.section is not None:
+            group, _, key = entry.section.path.rpartition(".")
+            (nested.setdefault(group, {}) if group else top)[key] = _stage_section(entry)
+    for group, fields in nested.items():
+        model = create_model(group.title() + "Config", __base__=_Section, **GROUPS.get(group, {}), **fields)
+        top[group] = (model | None, None)
+    return create_model("Config", __base__=_Config, **top)
 
 
 def _set(tree: dict, dotted: str, value) -> None:
@@ -140,7 +124,7 @@ def _describe(error: dict, model: type[BaseModel]) -> str:
     return f"config key '{key}': {msg[0].lower() + msg[1:]}" + ("" if isinstance(got, dict) else f" (got {got!r})")
 
 
-def load_config(uri: str, overrides: list[str] = (), date: str | None = None) -> Config:
+def load_config(uri: str, overrides: list[str] = (), date: str | None = None) -> _Config:
     """Read, override, resolve and validate a pipeline config.
 
     Examples
@@ -181,15 +165,16 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
     try:
         variables["output"] = _resolve(str(tree.get("output", "")), variables).rstrip("/")
         given = _resolve(tree, variables)
-        cfg = Config.model_validate(given)
-        cfg = Config.model_validate(_resolve(cfg.model_dump(), variables))  # defaults that use {output}
+        schema = config_model()
+        cfg = schema.model_validate(given)
+        cfg = schema.model_validate(_resolve(cfg.model_dump(), variables))  # defaults that use {output}
     except ValidationError as e:
-        raise ConfigError(_describe(e.errors()[0], Config)) from None
-    if cfg.select is not None:  # method parameters are checked by the method itself, now
+        raise ConfigError(_describe(e.errors()[0], schema)) from None
+    if cfg.select is not None:  # the method's parameters, against its declaration
         from .select import get_selector
 
         try:
-            get_selector(cfg.select.method)(seed=cfg.select.seed, **cfg.select.params)
+            validate(get_selector(cfg.select.method).params, cfg.select.params, cfg.select.method, "method")
         except ActiveftError as e:
             raise ConfigError(f"config key 'select.params': {e}") from None
     for key, value in _paths(cfg.model_dump(), _OUTPUTS):  # where stages write: never empty, never a filesystem root

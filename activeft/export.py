@@ -13,13 +13,15 @@ import json
 import logging
 import time
 
-from .io import protocol, storage
 from .errors import ParameterError
-from .params import BOOL, TEXT, Rule, declared, integer, validate
+from .io import protocol, storage
+from .params import BOOL, TEXT, Rule, integer
 from .select import Selection, read_selection
+from .stages import Section, stage
 
 log = logging.getLogger(__name__)
 MARKER = "export.json"
+KIND = protocol.Kind("export", MARKER, r"selection\.csv|labelstudio\.json|export\.json")
 
 
 def _presigner(expires: int):
@@ -35,6 +37,9 @@ def _presigner(expires: int):
     return sign
 
 
+@stage({"selection": Rule(str, lambda v: isinstance(v, (str, Selection)), "a selection"),
+        "output": TEXT, "label_studio": BOOL, "presign": BOOL, "expires": integer(1)}, output=KIND,
+       section=Section("export", fixed=("selection",), extra={"output": (str, "{output}/export")}, always=True))
 def export(selection, output: str, *, label_studio: bool = True, presign: bool = False,
            expires: int = 7 * 24 * 3600) -> dict:
     """Write ``selection.csv`` (id, uri, rank) and ``labelstudio.json`` for the selected images.
@@ -58,20 +63,19 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     --------
     >>> import json, tempfile
     >>> import pyarrow as pa
-    >>> from activeft import Selection
+    >>> from activeft import Selection, export
     >>> d = tempfile.mkdtemp()
     >>> sel = Selection(["a.jpg"], pa.table({"id": ["a.jpg"], "uri": ["s3://b/a.jpg"], "rank": [0]}), {})
     >>> info = export(sel, f"{d}/export")
     >>> json.load(open(f"{d}/export/labelstudio.json"))
     [{'data': {'image': 's3://b/a.jpg', 'id': 'a.jpg', 'rank': 0}}]
     """
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "export")
     sel = selection if isinstance(selection, Selection) else read_selection(selection)
     table = sel.table
     has_uris = "uri" in table.column_names
     output = storage.output_uri(output)
     settings = {"selection": sel.uri, "label_studio": label_studio, "presign": presign}
-    with protocol.writing(output, "export", settings, marker=MARKER, resume=None, overwrite=True) as out:
+    with protocol.writing(output, KIND, settings, resume=None, overwrite=True) as out:
         files = {"csv": storage.join(output, "selection.csv")}  # where they will be, once committed
         storage.write_csv(out.join("selection.csv"), table.select(["id", "uri", "rank"] if has_uris else
                                                                   ["id", "rank"]))
@@ -92,5 +96,3 @@ def export(selection, output: str, *, label_studio: bool = True, presign: bool =
     return info
 
 
-PARAMS = declared(export, {"selection": Rule(str, lambda v: isinstance(v, (str, Selection)), "a selection"),
-                           "output": TEXT, "label_studio": BOOL, "presign": BOOL, "expires": integer(1)})

@@ -1,16 +1,19 @@
 """Parameters declared once, scikit-learn style, and everything derived from that declaration.
 
-A stage function declares each parameter once: its name and default in the signature, its
-:class:`Rule` (type and constraint) in a ``{name: Rule}`` dict, its help in the numpydoc
-docstring (as scikit-learn's ``_parameter_constraints``). A selector declares ``{name: Param}``.
-From that one declaration come the Python API's validation (:func:`validate`: one line naming
-the parameter and what is allowed), the YAML config section (:func:`config_fields`) and the
-command-line options (:func:`cli_parameters`). A new selector registers itself and appears in
+A function declares each parameter once: its name and default in the signature, its
+:class:`Rule` (type and constraint) in a ``{name: Rule}`` dict above it (:func:`validated`, as
+scikit-learn's ``validate_params``), its help in the numpydoc docstring. A selector declares
+``{name: Param}``. From that one declaration come the Python API's validation (:func:`validate`: one
+line naming the parameter and what is allowed), the YAML config section (:func:`config_fields`) and
+the command-line options (:func:`cli_parameters`). A new selector registers itself and appears in
 ``activeft select --help``, in configs and in the API with no edit elsewhere.
+
+A help sentence starting "In Python" speaks of the API only: the command line leaves it out.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -25,12 +28,16 @@ REQUIRED = inspect.Parameter.empty
 @dataclass(frozen=True)
 class Rule:
     """A parameter's Python ``type`` (for the CLI; ``config_type`` for YAML, when it differs),
-    validity test and the phrase ``expected`` that the error message gives."""
+    validity test and the phrase ``expected`` that the error message gives. ``parse`` (of a
+    :func:`parsed` rule) raises its own one-line error for a bad value; ``choices`` (a tuple, or a
+    callable giving one) are listed in the command-line help."""
 
     type: Any
     ok: Callable[[Any], bool]
     expected: str
     config_type: Any = None
+    parse: Callable[[Any], Any] | None = None
+    choices: tuple | Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def number(minimum: float | None = None, *, strict: bool = False, maximum: float
 
 
 def one_of(*choices) -> Rule:
-    return Rule(str, lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+    return Rule(str, lambda v: v in choices, "one of " + ", ".join(map(str, choices)), choices=choices)
 
 
 BOOL = Rule(bool, lambda v: isinstance(v, bool), "True or False")
@@ -82,12 +89,15 @@ TABLE = Rule(str, lambda v: isinstance(v, str) or hasattr(v, "num_rows"), "a tab
 def optional(rule: Rule) -> Rule:
     """``rule`` or None (None: automatic, or unset)."""
     return Rule(rule.type | None, lambda v: v is None or rule.ok(v), rule.expected,
-                None if rule.config_type is None else rule.config_type | None)
+                None if rule.config_type is None else rule.config_type | None,
+                None if rule.parse is None else lambda v: v if v is None else rule.parse(v), rule.choices)
 
 
-def parsed(parse: Callable[[Any], Any], expected: str, config_type: Any = None, cli_type: Any = str) -> Rule:
-    """A value the library's own ``parse`` accepts (it raises on bad input), so the API, the config
-    and the CLI accept the same values; the CLI reads it as ``cli_type``, YAML as ``config_type``."""
+def parsed(parse: Callable[[Any], Any], expected: str, config_type: Any = None, cli_type: Any = str,
+           choices: tuple | Callable[[], Any] | None = None) -> Rule:
+    """A value the library's own ``parse`` accepts (it raises on bad input, its error is the one
+    reported), so the API, the config and the CLI accept the same values; the CLI reads it as
+    ``cli_type``, YAML as ``config_type``."""
     def ok(v):
         try:
             parse(v)
@@ -95,7 +105,7 @@ def parsed(parse: Callable[[Any], Any], expected: str, config_type: Any = None, 
             return False
         return True
 
-    return Rule(cli_type, ok, expected, config_type)
+    return Rule(cli_type, ok, expected, config_type, parse, choices)
 
 
 def declared(fn: Callable, rules: dict[str, Rule], flags: dict[str, tuple[str, ...]] | None = None) -> dict[str, Param]:
@@ -122,7 +132,16 @@ def docstring_params(doc: str) -> dict[str, str]:
         elif line.strip():
             for n in names:
                 out[n] = (out[n] + " " + line.strip()).strip()
-    return {k: re.sub(r":\w+:`~?([^`]+)`|``([^`]+)``", lambda m: m.group(1) or m.group(2), v) for k, v in out.items()}
+    return {k: _plain(v) for k, v in out.items()}
+
+
+def docstring_summary(fn: Callable) -> str:
+    """The first paragraph of ``fn``'s docstring, without reST markup (a command's help line)."""
+    return _plain(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " "))
+
+
+def _plain(text: str) -> str:
+    return re.sub(r":\w+:`~?([^`]+)`|``([^`]+)``", lambda m: m.group(1) or m.group(2), text)
 
 
 def validate(params: dict[str, Param], values: dict, owner: str, kind: str = "") -> dict:
@@ -139,9 +158,49 @@ def validate(params: dict[str, Param], values: dict, owner: str, kind: str = "")
         if name not in values and p.required:
             raise ParameterError(f"The '{name}' parameter of {owner} is required")
         value = values.get(name, p.default)
+        if not p.rule.ok(value) and p.rule.parse is not None:
+            try:
+                p.rule.parse(value)  # its own one-line error names what is wrong, when it has one
+            except ActiveftError:
+                raise
+            except (ValueError, TypeError, AttributeError):
+                pass
         check(p.rule.ok(value), name, owner, p.rule.expected, value)
         out[name] = value
     return out
+
+
+def validated(rules: dict[str, Rule], owner: str | None = None, flags: dict[str, tuple[str, ...]] | None = None):
+    """Decorator: declare ``fn``'s parameters (:func:`declared`, as ``fn.params``) and check every call
+    against them (:func:`validate`) before ``fn`` runs; ``owner`` names it in errors (default: its name)."""
+    def wrap(fn: Callable) -> Callable:
+        params, signature = declared(fn, rules, flags), inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            given = signature.bind(*args, **kwargs).arguments
+            validate(params, {k: v for k, v in given.items() if k in params}, owner or fn.__name__)
+            return fn(*args, **kwargs)
+
+        checked.params = params
+        return checked
+
+    return wrap
+
+
+def choices(rule: Rule) -> tuple:
+    """The values a rule accepts, when it lists them (else empty)."""
+    listed = rule.choices() if callable(rule.choices) else rule.choices
+    return tuple(listed or ())
+
+
+def cli_help(p: Param) -> str:
+    """``p``'s help for the command line: API-only sentences ("In Python ...") left out, choices listed."""
+    text = re.sub(r"\s*In Python.*?\.(\s|$)", " ", p.help).strip()
+    listed = choices(p.rule)
+    if listed and not re.search(r"\bOne of\b", text):
+        text = f"{text} One of: {', '.join(map(str, listed))}.".strip()
+    return text
 
 
 def config_fields(params: dict[str, Param]) -> dict[str, tuple]:
@@ -166,6 +225,6 @@ def cli_parameters(params: dict[str, Param], *, method_defaults: bool = False) -
             decls, default = (opt,), None if method_defaults else p.default
             if method_defaults or default is None:
                 kind = kind | None
-        annotation = Annotated[kind, typer.Option(*decls, *p.flags, help=p.help)]
+        annotation = Annotated[kind, typer.Option(*decls, *p.flags, help=cli_help(p))]
         out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
     return out

@@ -16,9 +16,9 @@ import time
 
 from pydantic import BaseModel
 
-from .io import storage
-from .config import Config, load_config
+from .config import load_config
 from .errors import ConfigError
+from .io import storage
 from .io.protocol import changes, header
 
 log = logging.getLogger("activeft.pipeline")
@@ -28,7 +28,7 @@ STATE = "_pipeline.json"
 class Pipeline:
     """The stage record of one run."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg):
         self.cfg = cfg
         self.uri = storage.join(cfg.output, STATE)
         self.state = storage.read_json(self.uri) if storage.exists(self.uri) else {"name": cfg.name, "stages": {}}

@@ -21,11 +21,12 @@ import logging
 import numpy as np
 import torch
 
-from .io import storage
 from .engine import Collectives, FlatIndex, Pool, kmeans
-from .params import STORE, Rule, declared, integer, validate
+from .io import storage
+from .io.store import EmbeddingStore, open_store
+from .params import STORE, Rule, integer
 from .select import Selection, read_selection
-from .io.store import EmbeddingStore
+from .stages import Section, stage
 
 log = logging.getLogger(__name__)
 REPORT = "report.html"
@@ -51,6 +52,9 @@ def _figure(title: str, size=(6.4, 4)):
     return fig, ax
 
 
+@stage({"store": STORE, "selection": Rule(str, lambda v: isinstance(v, (str, Selection)), "a selection"),
+        "sample": integer(10), "clusters": integer(2), "seed": integer()}, name="report",
+       section=Section("report", fixed=("store", "selection", "seed"), extra={"enabled": (bool, True)}, always=True))
 def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, seed: int = 0) -> str:
     """Write ``report.html`` into the selection directory; return its URI.
 
@@ -79,8 +83,7 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     >>> write_report(store, f"{d}/sel", clusters=5).endswith("sel/report.html")
     True
     """
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "report")
-    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    store = open_store(store)
     sel = selection if isinstance(selection, Selection) else read_selection(selection)
     rng = np.random.default_rng(seed)
     n = len(store)
@@ -104,11 +107,6 @@ def write_report(store, selection, *, sample: int = 5000, clusters: int = 20, se
     storage.write_bytes(uri, page.encode())
     log.info("report: %s (%d thumbnails, %d unreadable)", uri, thumbs.made, thumbs.failed)
     return uri
-
-
-PARAMS = declared(write_report, {"store": STORE, "selection": Rule(str, lambda v: isinstance(v, (str, Selection)),
-                                                                   "a selection"),
-                                  "sample": integer(10), "clusters": integer(2), "seed": integer()})
 
 
 GALLERY = 120  # selected images shown (and hoverable in the projection), in rank order

@@ -10,9 +10,9 @@ import logging
 import sys
 
 import activeft
-from activeft.io import storage
 from activeft.export import MARKER as EXPORTED
 from activeft.export import export
+from activeft.io import storage
 from activeft.pipeline import Pipeline, embed_stage, main
 from activeft.report import REPORT, write_report
 from activeft.select import SELECTION

@@ -8,9 +8,9 @@ import logging
 import sys
 
 import activeft
-from activeft.io import storage
 from activeft.calibrate import CALIBRATED, CALIBRATION
 from activeft.finetune import METRICS
+from activeft.io import storage
 from activeft.pipeline import Pipeline, main
 
 log = logging.getLogger("activeft.pipeline")

@@ -16,6 +16,15 @@ import pytest  # noqa: E402
 from images import write_images  # noqa: E402,F401  (re-exported for tests)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(items):
+    """Mark ``ray`` every test that uses the ``ray_session`` fixture, directly or through another fixture
+    (tests that start Ray another way carry the mark themselves)."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL points every client (and Ray worker) at it."""

@@ -1,9 +1,11 @@
 """Jobs that tests run on Ray Train workers; importable there because conftest puts tests/ on
 the workers' PYTHONPATH (a test module itself must not define them)."""
 
+import numpy as np
 import torch
 
 from activeft.engine import greedy_unique
+from activeft.select import get_selector
 
 
 def mapping_job(centroids, candidates, pool, comm, checkpoints):
@@ -14,3 +16,15 @@ def mapping_job(centroids, candidates, pool, comm, checkpoints):
 def gather_job(pool, comm, checkpoints):
     return {"offsets": comm.all_gather_object(pool.offset), "sizes": comm.all_gather_object(len(pool.x)),
             "threads": torch.get_num_threads()}
+
+
+def selectors_job(methods, budget, seed, pool, comm, checkpoints):
+    """Each method's rows and histories (loss, inertia), fitted with its ``test_params`` in one worker group."""
+    out = {}
+    for method in methods:
+        cls = get_selector(method)
+        result = cls(seed=seed, **cls.test_params).fit(pool, comm, budget, torch.zeros(0, dtype=torch.long),
+                                                         checkpoints)
+        out[method] = {"rows": np.asarray(result.rows).tolist(),
+                       "history": {k: v for k, v in result.info.items() if k.endswith("_history")}}
+    return out

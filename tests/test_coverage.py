@@ -1,6 +1,6 @@
 """The coverage and boundary selectors (probcover, herding, typiclust, bilaf) and the neighbour
-graph they run on: equal to dense transcriptions of the official code, and the same for any
-number of workers."""
+graph they run on: equal to dense transcriptions of the official code; and every registered
+selector the same for any number of workers (threads as workers, no Ray)."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ from activeft.engine import (
     knn_graph,
     neighbours,
 )
-from activeft.select import get_selector
+from activeft.select import get_selector, list_selectors
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -109,9 +109,12 @@ def test_bilaf_is_the_official_boundary_selection_on_the_same_cores(denoise):
     assert set(core) <= set(chosen)
 
 
-@pytest.mark.parametrize("method, params", [("probcover", {}), ("herding", {}), ("typiclust", {}),
-                                            ("bilaf", {"core": "kmeans"})])
-def test_three_workers_select_the_same_as_one(method, params):
+@pytest.mark.parametrize("method", list_selectors())
+def test_three_workers_select_the_same_as_one(method):
+    cls = get_selector(method)
+    if not cls.worker_invariant:
+        pytest.skip(f"{method} declares worker_invariant = False")
+    params = cls.test_params
     x = blobs(360, seed=4)
     one = fit(x, method, 20, [11, 12], **params)
     parts = sharded(lambda pool, comm: fit(x, method, 20, [11, 12], comm=comm, pool=pool, **params), x,

@@ -15,8 +15,8 @@ from images import write_broken, write_images
 from PIL import Image
 
 import activeft
-from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features
 from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
+from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
 TINY = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8)

@@ -137,6 +137,8 @@ def _scrape(url: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_job_submit_writes_where_the_user_looks_and_metrics_match_the_store(head, tmp_path):
     user = tmp_path / "project"  # the directory the user submits from
     shutil.copytree(os.path.join(ROOT, "pipelines"), user / "pipelines")

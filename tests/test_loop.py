@@ -1,5 +1,6 @@
 """The ASVP loop: strategies, LogME, resume at every step, human in the loop, feature refresh, cost."""
 
+import json
 import os
 
 import numpy as np
@@ -12,9 +13,10 @@ from PIL import Image
 
 import activeft
 from activeft.engine import Collectives, Pool
+from activeft.loop.refresh import parse_refresh
+from activeft.loop.strategies import STRATEGIES, select_with_proxy
 from activeft.models.heads import train_mlp
 from activeft.models.logme import logme
-from activeft.loop.strategies import STRATEGIES, select_with_proxy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,10 +104,16 @@ def test_loop_resumes_after_a_stop_at_every_step(store, tmp_path):
     assert resumed["rounds"][0]["eval_accuracy"] > 0.9  # separable classes: 8 random labels make a good probe
     assert all(0 <= r["eval_accuracy"] <= 1 for r in resumed["rounds"])
     assert resumed["cost"]["cpu_seconds"]["select"] > 0 and "dollars" in resumed["cost"]
+    assert json.loads((tmp_path / "stopped" / "state.json").read_text())["rounds"] == resumed["rounds"]
+    assert json.loads((tmp_path / "stopped" / "round-2" / "round.json").read_text())["status"] == "labeled"
     more = run_loop(store, tmp_path / "stopped", rounds=4)  # more rounds later: continues, keeps the first three
     assert [r["selected"] for r in more["rounds"][:3]] == [r["selected"] for r in resumed["rounds"]]
-    with pytest.raises(activeft.errors.ConfigError, match="different config \\(strategy\\)"):
+    assert len(more["rounds"]) == 4 and more["cost"]["labels"] == 32
+    with pytest.raises(activeft.errors.OutputExistsError, match="different config \\(strategy\\)"):
         run_loop(store, tmp_path / "stopped", strategy="entropy")
+    with pytest.raises(activeft.errors.OutputExistsError,
+                       match=r"round-1 was started with a different config \(budget\)"):  # a started round's budget
+        run_loop(store, tmp_path / "stopped", round_budget="8,9,8,8", rounds=None)
 
 
 def test_human_in_the_loop_stops_and_continues(store, tmp_path):
@@ -128,6 +136,7 @@ def test_human_in_the_loop_stops_and_continues(store, tmp_path):
     assert [r["status"] for r in st["rounds"]] == ["labeled", "labeled"] and st["cost"]["labels"] == 12
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_refresh_creates_a_new_store_and_keeps_the_labels(tmp_path):
     rows = ["id,uri,label"]
@@ -144,7 +153,10 @@ def test_refresh_creates_a_new_store_and_keeps_the_labels(tmp_path):
                        oracle="store-labels", final="none")
     assert len(st["stores"]) == 2 and st["store"] == st["stores"][1] != store.uri
     refreshed = activeft.EmbeddingStore(st["store"])
-    assert sorted(refreshed.ids()) == sorted(store.ids()) and refreshed.manifest["backbone"]["weights"]["sha256"]
+    assert sorted(refreshed.ids()) == sorted(store.ids()) and refreshed.backbone["weights"]["sha256"]
+    weights = str(tmp_path / "state" / "round-1" / "refresh" / "model.safetensors")
+    assert refreshed.embed_settings == {**store.embed_settings, "pretrained": weights}  # as the pool was, new weights
+    assert store.embed_settings["batch_size"] == 8 and store.embed_settings["image_size"] == 32
     assert not np.allclose(refreshed.embeddings(), store.embeddings())  # the finetuned backbone embeds differently
     decision = st["rounds"][1]["refresh_decision"]
     assert decision == {"policy": "at-labels", "labels": 4, "refresh": True, "threshold": 4, "store": store.uri}
@@ -156,9 +168,19 @@ def test_refresh_creates_a_new_store_and_keeps_the_labels(tmp_path):
 def test_logme_refresh_policy_and_bad_options(store, tmp_path):
     with pytest.raises(activeft.errors.ConfigError, match="holds imported embeddings"):
         run_loop(store, tmp_path / "a", refresh="logme")
-    with pytest.raises(activeft.errors.ParameterError, match="'refresh' parameter of loop must be"):
+    with pytest.raises(activeft.errors.ParameterError, match="at-labels:N, logme, never"):  # the registered policies
         run_loop(store, tmp_path / "b", refresh="sometimes")
     with pytest.raises(activeft.errors.ParameterError, match="exactly one of oracle and labels"):
         run_loop(store, tmp_path / "c", labels="x.csv")
     with pytest.raises(activeft.errors.ParameterError, match="'strategy' parameter of loop must be one of margin"):
         run_loop(store, tmp_path / "d", strategy="typicality")  # not a strategy nor a selector
+
+
+def test_refresh_policies_parse_from_their_registry():
+    assert parse_refresh("at-labels:40").threshold == 40 and not parse_refresh("never").refreshes
+    with pytest.raises(activeft.errors.ParameterError, match=r"^unknown refresh policy 'logm'; available: "
+                                                             r"at-labels:N, logme, never \(did you mean 'logme'\?\)$"):
+        parse_refresh("logm")
+    for bad in ("at-labels:0", "at-labels", "logme:3"):
+        with pytest.raises(activeft.errors.ParameterError, match="'refresh' parameter of loop must be"):
+            parse_refresh(bad)

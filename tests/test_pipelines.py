@@ -179,6 +179,7 @@ def tiny_selection(tmp_path, with_uris=True, prefix="s3://pool"):
     return store, activeft.select(store, 10, method="kmeans", iterations=5, output=str(tmp_path / "sel"))
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     from PIL import Image
 
@@ -198,6 +199,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert pixels.shape == (2600, 1000) and plot_rows > 1500
 
 
+@pytest.mark.slow
 def test_report_shows_the_selected_images_in_headless_chromium(tmp_path):
     from PIL import Image
 

@@ -28,10 +28,10 @@ import s3fs
 from images import write_images
 
 import activeft
-from activeft.embed import sources
-from activeft.io import protocol, storage
 from activeft.cli import main
+from activeft.embed import sources
 from activeft.errors import LabelsError, OutputExistsError, ParameterError, SourceError, StoreError
+from activeft.io import protocol, storage
 
 pytestmark = pytest.mark.timeout(240)
 CLI = [sys.executable, "-m", "activeft.cli"]
@@ -167,6 +167,7 @@ def test_failed_overwrite_leaves_the_old_output_exactly_as_it_was(store, tmp_pat
 # ---- 2. one writer per output; resume only ever returns its own run ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_run_blocks_until_its_lease_expired(store, tmp_path, capsys):
     out = str(tmp_path / "sel")
     a = spawn([*CLI, "select", store.uri, "--budget", "15", "-o", out, "--seed", "0", *SLOW], tmp_path / "a.log")
@@ -197,6 +198,7 @@ def test_a_second_writer_is_refused_and_a_killed_run_blocks_until_its_lease_expi
                         checkpoint_every=5)
 
 
+@pytest.mark.slow
 def test_resume_continues_a_killed_run_to_the_clean_result(store, tmp_path):
     out = str(tmp_path / "sel")
     args = ["--budget", "15", "-o", out, "--method", "activeft", "--iterations", "150", "--checkpoint-every", "5"]
@@ -219,6 +221,7 @@ def test_resume_continues_a_killed_run_to_the_clean_result(store, tmp_path):
         activeft.select(store, 15, output=out, resume=True, method="activeft", iterations=150, checkpoint_every=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_killed_overwrite_keeps_the_old_output_and_the_next_run_cleans_up(store, tmp_path, where, request):
     root = request.getfixturevalue("bucket") if where == "s3" else str(tmp_path)
@@ -245,6 +248,7 @@ def test_killed_overwrite_keeps_the_old_output_and_the_next_run_cleans_up(store,
     assert not any(k.startswith("_work/next-") for k in snapshot(sel))
 
 
+@pytest.mark.slow
 def test_a_swap_cut_short_by_sigkill_is_finished_by_the_next_run(store, tmp_path):
     sel = str(tmp_path / "sel")
     activeft.select(store, 10, method="random", output=sel)
@@ -271,6 +275,7 @@ activeft.select({store.uri!r}, 10, method="random", seed=9, output={sel!r}, over
     assert not glob.glob(f"{sel}/_work/next-*") and not os.path.exists(f"{sel}/_work/swap.json")
 
 
+@pytest.mark.slow
 def test_lease_conditional_create_takeover_and_loss(bucket, tmp_path):
     for root in (str(tmp_path), bucket):
         uri = f"{root}/out"
@@ -349,6 +354,8 @@ def test_resume_and_overwrite_together_are_refused(store, tmp_path, capsys):
 # ---- 5. Ray: a local instance unless an address names a cluster --------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_never_joins_a_foreign_head_on_this_host(tmp_path):
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": temp, "TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -461,6 +468,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(store, tmp_path, capsys):
     assert "is a file, not a store directory" in err
 
 
+@pytest.mark.slow
 def test_object_store_outage_mid_run_is_one_line_naming_the_uri(store, tmp_path):
     from moto.server import ThreadedMotoServer
 
@@ -473,7 +481,8 @@ def test_object_store_outage_mid_run_is_one_line_naming_the_uri(store, tmp_path)
         fs.mkdir("outage")
         fs.put(store.uri + "/", "outage/pool/", recursive=True)
         proc = spawn([*CLI, "select", "s3://outage/pool", "--budget", "10", "-o", "s3://outage/sel", *SLOW],
-                     tmp_path / "err.log", AWS_ENDPOINT_URL=endpoint, **{protocol.EXPIRY_ENV: "60"})  # (no lease warning)
+                     tmp_path / "err.log", AWS_ENDPOINT_URL=endpoint,
+                     **{protocol.EXPIRY_ENV: "60"})  # (no lease warning)
         try:
             wait_for(lambda: fs.exists("outage/sel/_work/select/state.pt"), proc, what="a checkpoint on S3")
         except BaseException:

@@ -1,8 +1,15 @@
-"""Selection: ActiveFT against the official code, the baselines, sharding, resume and bad input."""
+"""Selection: ActiveFT against the official code, the baselines, sharding, resume and bad input.
 
+The contract every registered selector meets runs over :func:`activeft.list_selectors`, each with
+the ``test_params`` its class declares: a new selector is covered by adding its one module (and its
+import line), as ``test_a_new_selector_needs_one_class`` shows with a throwaway one.
+"""
+
+import functools
 import json
 import os
 import re
+import typing
 
 import numpy as np
 import pyarrow as pa
@@ -12,15 +19,15 @@ import torch
 from reference import official_loss, official_select
 
 import activeft
+from activeft.config import load_config
 from activeft.engine import Collectives, Pool, greedy_unique, kmeans, search
-from activeft.errors import OutputExistsError, ParameterError
-from activeft.select import get_selector, list_selectors, resolve_budget
+from activeft.errors import ConfigError, OutputExistsError, ParameterError
+from activeft.params import Param, Rule, integer, validate
+from activeft.select import get_selector, list_selectors, registry, resolve_budget
 from activeft.select.activeft import loss_and_grad
+from activeft.select.registry import Result, Selector, register_selector
 
 pytestmark = pytest.mark.timeout(240)
-FAST = {"activeft": {"iterations": 60}, "kmeans": {"iterations": 20}, "fds": {}, "random": {}, "probcover": {},
-        "herding": {}, "typiclust": {"iterations": 20}, "bilaf": {"core": "kmeans"}}
-SEEDLESS = {"probcover", "herding"}  # exact graphs and greedy picks: no random choice on these pools
 
 
 def clustered(n_per=120, k=6, d=16, seed=0):
@@ -103,15 +110,30 @@ def test_mapping_conflicts_resolve_in_centroid_order():
     assert rows.tolist() == brute_greedy(x, torch.nn.functional.normalize(c, dim=1))
 
 
-@pytest.mark.parametrize("method", list_selectors())
-def test_every_selector_gives_budget_unique_ids_deterministically(store, method, tmp_path):
-    sel = activeft.select(store, 25, method=method, seed=7, output=str(tmp_path / "sel"), **FAST[method])
+# ---- the contract over the registry: every selector, with the test_params its class declares ----------------------
+
+
+def invalid_value(rule: Rule):
+    """A value ``rule`` refuses (as scikit-learn's ``generate_invalid_param_val``): of the rule's own
+    type where one is refused (below a bound, outside the choices), else of another type."""
+    kinds = typing.get_args(rule.type) or (rule.type,)
+    own = {int: [0, -1], float: [0.0, -1.0, 1.5], str: ["no-such-value"]}
+    for value in [v for kind in kinds for v in own.get(kind, [])] + [-1, "no-such-value", object()]:
+        if not rule.ok(value):
+            return value
+    raise AssertionError(f"no value found that a rule expecting {rule.expected} refuses")
+
+
+def check_budget_contract(store, method, tmp_path):
+    """``budget`` unique ids of the store, the same for the same seed, written as selection.*."""
+    cls = get_selector(method)
+    sel = activeft.select(store, 25, method=method, seed=7, output=str(tmp_path / "sel"), **cls.test_params)
     assert len(sel.ids) == 25 and len(set(sel.ids)) == 25
     assert set(sel.ids) <= set(store.ids())
-    again = activeft.select(store, 25, method=method, seed=7, **FAST[method])
+    again = activeft.select(store, 25, method=method, seed=7, **cls.test_params)
     assert again.ids == sel.ids
-    other = activeft.select(store, 25, method=method, seed=8, **FAST[method])
-    assert (other.ids == sel.ids) == (method in SEEDLESS)
+    other = activeft.select(store, 25, method=method, seed=8, **cls.test_params)
+    assert (other.ids == sel.ids) == cls.test_seed_free, "another seed, another selection (unless test_seed_free)"
     table = pq.read_table(tmp_path / "sel" / "selection.parquet")
     assert table.column("id").to_pylist() == sel.ids and table.column("rank").to_pylist() == list(range(25))
     assert (tmp_path / "sel" / "selection.csv").read_text().splitlines()[1] == f'"{sel.ids[0]}"'
@@ -124,10 +146,99 @@ def test_every_selector_gives_budget_unique_ids_deterministically(store, method,
         phases = info["seconds_init"] + info["seconds_optimize"] + info["seconds_mapping"]
         assert min(info["seconds_init"], info["seconds_optimize"], info["seconds_mapping"]) >= 0
         assert info["seconds_select"] >= phases - 0.002
-    spec = next(iter(get_selector(method).params), None)
-    if spec is not None:  # every selector checks its parameters with the same message shape
-        with pytest.raises(ParameterError, match=f"The '{spec}' parameter of {method} must be"):
-            activeft.select(store, 5, method=method, **{spec: -1})
+
+
+def check_bad_params(store, method):
+    """Each declared parameter given a value its rule refuses, and an undeclared one: one line naming it."""
+    cls = get_selector(method)
+    validate(cls.params, cls.test_params, method, "method")  # the declared test_params are valid ones
+    for name, p in cls.params.items():
+        assert p.required or p.rule.ok(p.default), f"the default of {method}'s {name!r} breaks its own rule"
+        bad = invalid_value(p.rule)
+        with pytest.raises(ParameterError, match=f"^The '{name}' parameter of {method} ") as e:
+            activeft.select(store, 5, method=method, **{name: bad})
+        assert "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ParameterError, match=f"^The 'no_such_param' parameter does not apply to method {method}; "):
+        activeft.select(store, 5, method=method, no_such_param=1)
+
+
+@pytest.mark.parametrize("method", list_selectors())
+def test_every_selector_gives_budget_unique_ids_deterministically(store, method, tmp_path):
+    check_budget_contract(store, method, tmp_path)
+
+
+@pytest.mark.parametrize("method", list_selectors())
+def test_every_selector_refuses_each_bad_parameter_in_one_line(store, method):
+    check_bad_params(store, method)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_two_workers_select_the_same_as_one(store):
+    """Every selector declared worker-invariant, on a real Ray Train worker group of 2 (one group for all)."""
+    from jobs import selectors_job
+
+    from activeft.runtime.runner import run
+
+    methods = [m for m in list_selectors() if get_selector(m).worker_invariant]
+    job = functools.partial(selectors_job, methods, 20, 5)
+    one, two = run(job, store), run(job, store, num_workers=2)
+    for method in methods:
+        assert two[method]["rows"] == one[method]["rows"], method
+        for key, values in one[method]["history"].items():  # loss, inertia: the same run, step by step
+            np.testing.assert_allclose(two[method]["history"][key], values, rtol=1e-6, err_msg=f"{method} {key}")
+
+
+@pytest.fixture
+def throwaway():
+    """A selector that exists for one test: one class and its registration, no other edit anywhere."""
+
+    @register_selector
+    class Throwaway(Selector):
+        """Every ``throwaway_stride``-th row that is not excluded."""
+
+        name = "throwaway"
+        params = {"throwaway_stride": Param(1, integer(1), "Take every stride-th free row (a test's selector).")}
+        test_params = {"throwaway_stride": 3}
+        test_seed_free = True
+
+        def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
+            free = np.setdiff1d(np.arange(pool.size), np.asarray(exclude))
+            return Result(free[::self.throwaway_stride][:budget])
+
+    try:
+        yield Throwaway
+    finally:
+        registry._SELECTORS.pop(Throwaway.name, None)
+
+
+def test_a_new_selector_needs_one_class(throwaway, store, tmp_path, capsys):
+    from activeft.cli import main
+
+    assert "throwaway" in list_selectors() and get_selector("throwaway") is throwaway
+    assert main(["select", "--help"]) == 0
+    assert "--throwaway-stride" in capsys.readouterr().out
+    check_budget_contract(store, "throwaway", tmp_path)  # the registry-wide tests' checks hold for it
+    check_bad_params(store, "throwaway")
+    sel = activeft.select(store, 4, method="throwaway", throwaway_stride=2, exclude=store.ids()[:1])
+    assert sel.ids == store.ids()[1:9:2]
+    assert sel.info["config"]["method"] == "throwaway" and sel.info["config"]["throwaway_stride"] == 2
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output: {tmp_path}/out\nselect: {{budget: 5, method: throwaway, "
+                      f"params: {{throwaway_stride: 2}}}}\n")
+    cfg = load_config(str(config))
+    assert cfg.select.method == "throwaway" and cfg.select.params == {"throwaway_stride": 2}
+    with pytest.raises(ConfigError, match="config key 'select.params': The 'throwaway_stride' parameter of throwaway"):
+        load_config(str(config), ["select.params.throwaway_stride=0"])
+
+
+def test_every_selector_parameter_is_a_select_option(capsys):
+    from activeft.cli import main
+
+    assert main(["select", "--help"]) == 0
+    out = capsys.readouterr().out
+    for method in list_selectors():
+        for name in get_selector(method).params:
+            assert "--" + name.replace("_", "-") in out, (method, name)
 
 
 def test_activeft_beats_random_coverage_and_loss_goes_down(store):
@@ -144,10 +255,11 @@ def test_activeft_beats_random_coverage_and_loss_goes_down(store):
 def test_exclude_is_honoured(store, method, tmp_path):
     excluded = store.ids()[:120]  # the whole first cluster is labeled already
     pq.write_table(pa.table({"id": excluded}), tmp_path / "labeled.parquet")
-    sel = activeft.select(store, 20, method=method, exclude=str(tmp_path / "labeled.parquet"), **FAST[method])
+    params = get_selector(method).test_params
+    sel = activeft.select(store, 20, method=method, exclude=str(tmp_path / "labeled.parquet"), **params)
     assert not set(sel.ids) & set(excluded) and len(set(sel.ids)) == 20
     if method == "activeft":  # fixed centroids on the labeled cluster: new ones go elsewhere
-        plain = activeft.select(store, 20, method=method, **FAST[method])
+        plain = activeft.select(store, 20, method=method, **params)
         near = lambda s: sum(i < 120 for i in store.rows_of(s.ids))  # noqa: E731
         assert near(plain) > 0 and near(sel) == 0
     with pytest.raises(ParameterError, match="budget 601 is larger than the pool of 720 rows minus 120 excluded"):
@@ -179,18 +291,6 @@ def test_budget_parsing():
     for bad in (0, "0", -5, "abc", "0.0001%", 1.5):
         with pytest.raises(ParameterError, match="The 'budget' parameter of select must be"):
             resolve_budget(bad, 1000)
-
-
-@pytest.mark.usefixtures("ray_session")
-@pytest.mark.parametrize("method", ["activeft", "kmeans", "fds"])
-def test_two_workers_select_the_same_as_one(store, method):
-    params = {**FAST[method], **({"batch_size": 300} if method == "activeft" else {})}
-    one = activeft.select(store, 20, method=method, seed=5, **params)
-    two = activeft.select(store, 20, method=method, seed=5, num_workers=2, **params)
-    assert two.ids == one.ids
-    history = {"activeft": "loss_history", "kmeans": "inertia_history"}.get(method)
-    if history:
-        np.testing.assert_allclose(two.info[history], one.info[history], rtol=1e-6)
 
 
 @pytest.mark.usefixtures("ray_session")

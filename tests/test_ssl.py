@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from activeft import demo
+from activeft.errors import ParameterError
 from activeft.models import ssl
 from activeft.models.backbone import BackboneSpec
-from activeft.errors import ParameterError
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,21 +17,41 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ..runtime import metrics
-from ..io import protocol, storage
-from ..runtime.runner import run
 from ..errors import LabelsError
+from ..io import protocol, storage
 from ..io.labels import check_against, class_indices, class_map, read_labels
-from ..params import BOOL, STORE, TABLE, TEXT, Rule, declared, integer, number, optional, validate
+from ..io.store import EmbeddingStore, open_store
+from ..params import BOOL, STORE, TABLE, TEXT, Rule, integer, number, optional
+from ..runtime import metrics
+from ..runtime.runner import run
 from ..select import read_selection
-from ..io.store import EmbeddingStore
+from ..stages import Command, Section, stage
 from . import activedc as dc
 
 log = logging.getLogger(__name__)
 CALIBRATION = "calibration.json"
 CALIBRATED = "calibrated.parquet"
+KIND = protocol.Kind("calibration", CALIBRATION, r"calibrated\.parquet|calibration\.json")
 
 
+def _summary(table, values: dict) -> str:
+    pseudo = table.column("source").to_pylist().count("pseudo")
+    return f"{values['output']}: {table.num_rows - pseudo} labeled + {pseudo} pseudo-labeled samples"
+
+
+@stage({
+    "store": STORE, "selection": TEXT, "labels": TABLE, "output": optional(TEXT), "alpha": number(0),
+    "xi": number(0), "tukey_lambda": number(), "clusters": optional(integer(1)),
+    "samples_per_label": Rule(str, lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1),
+                              "'auto' or an int >= 1", int | str),
+    "emd_filter": BOOL, "max_draws": integer(1), "kmeans_runs": integer(1), "num_workers": integer(1),
+    "use_gpu": BOOL, "seed": integer(), "overwrite": BOOL},
+       output=KIND, flags={"output": ("-o",)},
+       command=Command("calibrate", arguments=("store",), required=("output",), summary=_summary,
+                       example="activeft calibrate stores/pool --selection sel/activeft --labels labels.csv "
+                               "--output cal/"),
+       section=Section("train.calibrate", fixed=("store", "selection", "labels", "overwrite"),
+                       extra={"output": (str, "{output}/calibration"), "enabled": (bool, True)}, always=True))
 def calibrate(store, *, selection, labels, output: str | None = None, alpha: float = 0.7, xi: float = 0.2,
               tukey_lambda: float = 0.5, clusters: int | None = None, samples_per_label: str | int = "auto",
               emd_filter: bool = False, max_draws: int = 50, kmeans_runs: int = 10, num_workers: int = 1,
@@ -96,8 +116,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
     {'labeled': 10, 'pseudo': 15}
     """
     start = time.perf_counter()
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "calibrate")
-    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    store = open_store(store)
     sel = read_selection(selection)
     table = read_labels(labels)
     check_against(table, sel.ids)
@@ -114,7 +133,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
               "samples_per_label": per_label, "emd_filter": emd_filter, "max_draws": max_draws,
               "kmeans_runs": kmeans_runs, "seed": seed}
     job = functools.partial(_job, rows, klass, len(classes), params)
-    with protocol.writing(output, "calibration", params, marker=CALIBRATION, resume=None, overwrite=overwrite) as dest:
+    with protocol.writing(output, KIND, params, resume=None, overwrite=overwrite) as dest:
         result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
                      transform=functools.partial(dc.tukey, lam=tukey_lambda))
         pseudo_ids = store.take(result["rows"], ["id"]).column("id").to_pylist()
@@ -144,15 +163,6 @@ def calibrate(store, *, selection, labels, output: str | None = None, alpha: flo
              result["skipped"], info["seconds"], "" if acc is None else f"; pseudo-label accuracy {acc:.3f} "
              "(diagnostic, from the store's labels)")
     return out
-
-
-PARAMS = declared(calibrate, {
-    "store": STORE, "selection": TEXT, "labels": TABLE, "output": optional(TEXT), "alpha": number(0),
-    "xi": number(0), "tukey_lambda": number(), "clusters": optional(integer(1)),
-    "samples_per_label": Rule(str, lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1),
-                              "'auto' or an int >= 1", int | str),
-    "emd_filter": BOOL, "max_draws": integer(1), "kmeans_runs": integer(1), "num_workers": integer(1),
-    "use_gpu": BOOL, "seed": integer(), "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _job(rows, klass, n_classes, params, pool, comm, checkpoints) -> dict:

@@ -21,18 +21,53 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.extensions import ArrowTensorArray
 
-from ..runtime import cluster, metrics
-from . import shards, sources
-from ..io import protocol, storage
-from ..models.backbone import BackboneSpec, Preprocess, pooled_features
 from ..errors import ParameterError, StoreError, TooManyErrors, check
+from ..io import protocol, storage
+from ..io.store import DTYPES, ERRORS, KIND, MANIFEST, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
+from ..models.backbone import BackboneSpec, Preprocess, pooled_features
 from ..models.images import read_images
-from ..params import BOOL, TEXT, declared, integer, number, one_of, optional, parsed, validate
-from ..io.store import DTYPES, ERRORS, MANIFEST, STAGE, WORK, EmbeddingStore, embedding_array, shard_name, write_manifest
+from ..params import BOOL, TEXT, integer, number, one_of, optional, parsed
+from ..runtime import cluster, metrics
+from ..stages import Command, Section, stage
+from . import shards, sources
 
 log = logging.getLogger(__name__)
 
 
+def _summary(store, values: dict) -> str:
+    run = store.manifest["last_run"]
+    return (f"{store.uri}: {len(store)} rows, dim {store.dim}, {store.manifest['errors']} errors; "
+            f"embedded {run['embedded']} images in {run['seconds']} s ({run['images_per_s']} images/s)")
+
+
+def _pool_size(num_actors) -> tuple[int, int] | None:
+    """``N`` / ``"N"`` -> (N, N); ``(MIN, MAX)`` / ``"MIN,MAX"`` -> (MIN, MAX)."""
+    if num_actors is None:
+        return None
+    given = num_actors
+    if isinstance(num_actors, str):
+        try:
+            num_actors = tuple(int(x) for x in num_actors.split(","))
+        except ValueError:
+            num_actors = ()
+    if isinstance(num_actors, int):
+        num_actors = (num_actors,)
+    sizes = tuple(num_actors) * (2 if len(num_actors) == 1 else 1)
+    check(len(sizes) == 2 and all(isinstance(v, int) for v in sizes) and 1 <= sizes[0] <= sizes[1],
+          "num_actors", "embed", "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", given)
+    return sizes
+
+
+@stage({
+    "source": TEXT, "output": TEXT, "model": TEXT, "pretrained": TEXT, "batch_size": integer(1),
+    "image_size": optional(integer(8)),
+    "num_actors": parsed(_pool_size, "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", int | str | None, str | None),
+    "gpus_per_actor": optional(number(0, strict=True)), "partition_size": integer(1), "dtype": one_of(*DTYPES),
+    "max_error_fraction": number(0, maximum=1), "resume": BOOL, "overwrite": BOOL},
+       flags={"output": ("-o",)}, output=KIND,
+       command=Command("embed", arguments=("source",), summary=_summary,
+                       example="activeft embed s3://bucket/images/ --output s3://bucket/stores/pool --pretrained hub"),
+       section=Section("embed", fixed=("output", "resume", "overwrite"), extra={"store": (str, "{output}/store")}))
 def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino", pretrained: str = "hub",
           batch_size: int = 64, image_size: int | None = None, num_actors: int | tuple[int, int] | None = None,
           gpus_per_actor: float | None = None, partition_size: int = 10_000, dtype: str = "float32",
@@ -88,12 +123,11 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     >>> len(store), store.dim
     (4, 512)
     """
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "embed")
     pool = _pool_size(num_actors)
     start = time.perf_counter()
     output = storage.output_uri(output)
     spec = BackboneSpec(model, pretrained, image_size)
-    protocol.check(output, STAGE, None, marker=MANIFEST, resume=resume, overwrite=overwrite)  # fail before any work
+    protocol.check(output, KIND, None, resume=resume, overwrite=overwrite)  # fail before any work
     table = sources.read_source(source)
     net, weights = spec.build()
     config = spec.data_config(net)
@@ -104,7 +138,7 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
     # only now that source and model are known to be good. A finished store is resumed too: new images of
     # the source go into new shards. On --overwrite the new store is written beside the old one and swapped
     # in once complete; too many decode errors keep a new store's work for --resume.
-    with protocol.writing(output, STAGE, settings, marker=MANIFEST, resume=resume, overwrite=overwrite,
+    with protocol.writing(output, KIND, settings, resume=resume, overwrite=overwrite,
                        verb="embedded", keep_on=(TooManyErrors,)) as out:
         work = out.dir  # the store itself, or on --overwrite the staging beside it
         sizes, new = _plan(work, table, partition_size)
@@ -121,35 +155,13 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
         if todo:
             _run_pipeline(work, todo, columns, spec, config, dim, dtype, batch_size, pool, gpus_per_actor)
         _commit(work, sizes, columns, settings, config, dim, source, max_error_fraction, fresh,
-                embedded=sum(todo.values()), seconds=time.perf_counter() - start, replacing=out.state == protocol.REPLACE)
+                embedded=sum(todo.values()), seconds=time.perf_counter() - start,
+                replacing=out.state == protocol.REPLACE,
+                throughput={"batch_size": batch_size, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor})
         out.commit()  # _work/files.json, then the swap on --overwrite
     return EmbeddingStore(output)
 
 
-def _pool_size(num_actors) -> tuple[int, int] | None:
-    """``N`` / ``"N"`` -> (N, N); ``(MIN, MAX)`` / ``"MIN,MAX"`` -> (MIN, MAX)."""
-    if num_actors is None:
-        return None
-    given = num_actors
-    if isinstance(num_actors, str):
-        try:
-            num_actors = tuple(int(x) for x in num_actors.split(","))
-        except ValueError:
-            num_actors = ()
-    if isinstance(num_actors, int):
-        num_actors = (num_actors,)
-    sizes = tuple(num_actors) * (2 if len(num_actors) == 1 else 1)
-    check(len(sizes) == 2 and all(isinstance(v, int) for v in sizes) and 1 <= sizes[0] <= sizes[1],
-          "num_actors", "embed", "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", given)
-    return sizes
-
-
-PARAMS = declared(embed, {
-    "source": TEXT, "output": TEXT, "model": TEXT, "pretrained": TEXT, "batch_size": integer(1),
-    "image_size": optional(integer(8)),
-    "num_actors": parsed(_pool_size, "an int >= 1 or 'MIN,MAX' with 1 <= MIN <= MAX", int | str | None, str | None),
-    "gpus_per_actor": optional(number(0, strict=True)), "partition_size": integer(1), "dtype": one_of(*DTYPES),
-    "max_error_fraction": number(0, maximum=1), "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _plan(output: str, table: pa.Table, partition_size: int) -> tuple[dict[int, int], int]:
@@ -306,8 +318,10 @@ class ShardSink(Datasink):
 
 
 def _commit(output, sizes, columns, settings, config, dim, source, max_error_fraction, fresh, embedded, seconds,
-            replacing=False):
+            replacing=False, throughput=None):
     """Gather errors, enforce the error budget, then write the manifest (last) and count what it commits.
+    The manifest's ``embed`` is ``throughput``: the settings that shape the run, not the store (a refresh
+    re-embeds with them: :attr:`~activeft.io.store.EmbeddingStore.embed_settings`).
 
     ``activeft_images_embedded`` and ``activeft_decode_errors`` are counted here, on the driver, from the
     store itself: the rows and errors of the ``fresh`` partitions, whose shards this manifest lists and the
@@ -334,7 +348,7 @@ def _commit(output, sizes, columns, settings, config, dim, source, max_error_fra
     rate = round(embedded / seconds, 2) if embedded else None
     store = write_manifest(output, shards=[shard_name(p) for p in sorted(sizes)], dim=dim, dtype=settings["dtype"],
                            columns=columns, source=source, errors=errors.num_rows, backbone=settings["backbone"],
-                           preprocessing=config, partition_size=settings["partition_size"],
+                           preprocessing=config, partition_size=settings["partition_size"], embed=throughput,
                            last_run={"embedded": embedded, "seconds": round(seconds, 2), "images_per_s": rate})
     rows = {s["name"]: s["rows"] for s in store.manifest["shards"]}
     metrics.inc("activeft_images_embedded", sum(rows[shard_name(p)] for p in fresh), stage="embed")

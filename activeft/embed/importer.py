@@ -16,14 +16,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io import protocol, storage
 from ..errors import SourceError
-from ..params import BOOL, TEXT, declared, integer, one_of, optional, validate
-from ..io.store import DTYPES, ERRORS, MANIFEST, STAGE, EmbeddingStore, embedding_array, embedding_matrix, shard_name, write_manifest
+from ..io import protocol, storage
+from ..io.store import (
+    DTYPES,
+    ERRORS,
+    KIND,
+    EmbeddingStore,
+    embedding_array,
+    embedding_matrix,
+    shard_name,
+    write_manifest,
+)
+from ..params import BOOL, TEXT, integer, one_of, optional
+from ..stages import Command, stage
 
 log = logging.getLogger(__name__)
 
 
+def _summary(store, values: dict) -> str:
+    return f"{store.uri}: {len(store)} rows, dim {store.dim}"
+
+
+@stage({
+    "table": TEXT, "output": TEXT, "ids": optional(TEXT), "id_column": TEXT, "embedding_column": TEXT,
+    "normalize": BOOL, "dtype": one_of(*DTYPES), "partition_size": integer(1), "overwrite": BOOL},
+       flags={"output": ("-o",)}, output=KIND,
+       command=Command("import-embeddings", arguments=("table",), summary=_summary,
+                       example="activeft import-embeddings clip.parquet --output stores/clip --id-column key "
+                               "--embedding-column vec"))
 def import_embeddings(table: str, output: str, *, ids: str | None = None, id_column: str = "id",
                       embedding_column: str = "embedding", normalize: bool = True, dtype: str = "float32",
                       partition_size: int = 100_000, overwrite: bool = False) -> EmbeddingStore:
@@ -64,7 +85,6 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     array([[0.6, 0.8],
            [1. , 0. ]], dtype=float32)
     """
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "import_embeddings")
     output = storage.output_uri(output)
     if not storage.exists(table):
         raise SourceError(f"table {table} does not exist")
@@ -72,7 +92,7 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
         _parquet_batches(table, id_column, embedding_column, partition_size)
     settings = {"imported_from": str(table), "dtype": dtype, "normalize": normalize}
     # on --overwrite the new store is written beside the old one, which bad input found late never touches
-    with protocol.writing(output, STAGE, settings, marker=MANIFEST, resume=None, overwrite=overwrite) as out:
+    with protocol.writing(output, KIND, settings, resume=None, overwrite=overwrite) as out:
         shards, dim, columns = [], None, None
         for i, (batch, x) in enumerate(_checked(table, batches, normalize)):
             dim = x.shape[1]
@@ -92,12 +112,6 @@ def import_embeddings(table: str, output: str, *, ids: str | None = None, id_col
     store = EmbeddingStore(output)
     log.info("import-embeddings: %s: %d rows, dim %d, %d shards", output, len(store), dim, len(shards))
     return store
-
-
-PARAMS = declared(import_embeddings, {
-    "table": TEXT, "output": TEXT, "ids": optional(TEXT), "id_column": TEXT, "embedding_column": TEXT,
-    "normalize": BOOL, "dtype": one_of(*DTYPES), "partition_size": integer(1), "overwrite": BOOL},
-    flags={"output": ("-o",)})
 
 
 def _checked(table, batches, normalize):

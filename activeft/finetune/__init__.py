@@ -26,20 +26,39 @@ import time
 import numpy as np
 import torch
 
-from ..runtime import metrics
+from ..errors import LabelsError, ModelError, StoreError, check
 from ..io import protocol, storage
+from ..io.labels import class_indices, class_map, read_labels
+from ..io.store import EmbeddingStore, open_store
 from ..models.backbone import BackboneSpec
 from ..models.classifier import METRICS, Classifier, build_classifier
-from ..errors import LabelsError, ModelError, StoreError, check
 from ..models.heads import train_linear, train_mlp
-from ..io.labels import class_indices, class_map, read_labels
-from ..params import BOOL, STORE, TABLE, TEXT, declared, integer, number, one_of, optional, validate
-from ..io.store import EmbeddingStore
+from ..params import BOOL, STORE, TABLE, TEXT, integer, number, one_of, optional
+from ..runtime import metrics
+from ..stages import Command, Section, stage
 
 log = logging.getLogger(__name__)
 MODES = ("linear", "full", "lp-ft")
+KIND = protocol.Kind("finetuning run", METRICS, r"model\.safetensors|classes\.json|metrics\.json")
 
 
+def _summary(info: dict, values: dict) -> str:
+    return (f"{values['output']}: {values['mode']} on {info['config']['train_rows']} samples, "
+            f"{len(info['classes'])} classes; val top-1 final {info['final_val_accuracy']}, "
+            f"best {info['best_val_accuracy']}")
+
+
+@stage({
+    "store": STORE, "train": TABLE, "output": TEXT, "mode": one_of(*MODES), "val": optional(TABLE),
+    "val_store": optional(STORE), "model": optional(TEXT), "pretrained": optional(TEXT),
+    "epochs": optional(integer(1)), "lr": optional(number(0, strict=True)), "batch_size": integer(1),
+    "weight_decay": optional(number(0)), "head": one_of("linear", "mlp"), "eval_every": integer(1),
+    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "max_failures": integer(0), "resume": BOOL,
+    "overwrite": BOOL}, flags={"output": ("-o",)}, output=KIND,
+       command=Command("finetune", arguments=("store",), summary=_summary, example="activeft finetune stores/pool "
+                       "--train cal/calibrated.parquet --val-store stores/test -o runs/r1 --mode full"),
+       section=Section("train.finetune", fixed=("store", "train", "resume", "overwrite"),
+                       extra={"output": (str, "{output}/finetune")}, always=True))
 def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_store=None, model: str | None = None,
              pretrained: str | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int = 64, weight_decay: float | None = None, head: str = "linear", eval_every: int = 5,
@@ -114,10 +133,9 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     """
     owner = "finetune"
     start = time.perf_counter()
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, owner)
     check(head == "linear" or mode == "linear", "head", owner, "'linear' for full and lp-ft", head)
     check(val is None or val_store is None, "val", owner, "unset when val_store is given (pick one)", val)
-    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    store = open_store(store)
     table = read_labels(train, "train")
     classes = class_map(table.column("label"))
     if len(classes) < 2:
@@ -134,7 +152,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
               "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
     output = storage.output_uri(output)
-    with protocol.writing(output, "finetuning run", config, marker=METRICS, resume=resume, overwrite=overwrite) as out:
+    with protocol.writing(output, KIND, config, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(store.embeddings_at(rows))
@@ -163,15 +181,6 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
     log.info("finetune: %s on %d samples, %d classes: final val top-1 %s, best %s -> %s", mode, len(rows),
              len(classes), info["final_val_accuracy"], info["best_val_accuracy"], output)
     return info
-
-
-PARAMS = declared(finetune, {
-    "store": STORE, "train": TABLE, "output": TEXT, "mode": one_of(*MODES), "val": optional(TABLE),
-    "val_store": optional(STORE), "model": optional(TEXT), "pretrained": optional(TEXT),
-    "epochs": optional(integer(1)), "lr": optional(number(0, strict=True)), "batch_size": integer(1),
-    "weight_decay": optional(number(0)), "head": one_of("linear", "mlp"), "eval_every": integer(1),
-    "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "max_failures": integer(0), "resume": BOOL,
-    "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _fit_head(x, y, n_classes, head, epochs, weight_decay, lr, seed):
@@ -212,7 +221,7 @@ def validation_set(store, val, val_store, classes):
         rows = store.rows_of(table.column("id").to_pylist(), "val ids")
         labels = table.column("label").to_pylist()
     else:
-        other = val_store if isinstance(val_store, EmbeddingStore) else EmbeddingStore(val_store)
+        other = open_store(val_store)
         if not other.has_labels:
             raise StoreError(f"val store {other.uri} has no 'label' column")
         source, rows = _ValSource(other), np.arange(len(other))

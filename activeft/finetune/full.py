@@ -27,12 +27,12 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from ..runtime import metrics
 from ..io import storage
 from ..models.backbone import Preprocess
 from ..models.classifier import build_classifier
-from ..runtime.runner import inject_failure, read_checkpoint, report, train_group
 from ..models.images import read_images
+from ..runtime import metrics
+from ..runtime.runner import inject_failure, read_checkpoint, report, train_group
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
 from ..errors import LabelsError
+from . import storage
 
 
 def _few(values, n: int = 3) -> str:

@@ -1,7 +1,9 @@
 """One writer per output: a lease (``_work/lease.json``) with a heartbeat.
 
-A run takes its output's lease before writing anything, with a conditional create (S3
-``If-None-Match: *``; a ``flock``-guarded create on a local disk); a daemon thread renews it every
+A run takes its output's lease before writing anything, with a conditional create (the storage
+provider of the output's scheme: S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``, a
+``flock``-guarded create on a local disk; a scheme without one is refused unless
+``ACTIVEFT_UNSAFE_LEASES=1``, see :mod:`activeft.io.storage`); a daemon thread renews it every
 1/6 of the expiry with a conditional replace, so a run whose lease was taken over learns it and
 commits nothing; a conditional delete releases it. A lease whose heartbeat is older than its
 expiry (``ACTIVEFT_LEASE_EXPIRY_S``, default 90 s) was left by a run that died: it is taken over.
@@ -21,10 +23,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
-from . import storage
 from ..errors import OutputExistsError, ParameterError, StoreError
+from . import storage
 
 log = logging.getLogger(__name__)
 LEASE = "_work/lease.json"
@@ -216,10 +217,3 @@ def _user() -> str:
 def _release_all() -> None:
     for lease in list(Lease._held.values()):
         lease.release()
-
-
-@contextlib.contextmanager
-def lease(uri: str, what: str) -> Iterator[Lease]:
-    """Hold the lease of ``uri`` (for outputs with their own flow, like the loop's state)."""
-    with Lease.take(uri, what) as held:
-        yield held

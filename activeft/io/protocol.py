@@ -9,7 +9,7 @@ unfinished. Given an output, :func:`check` decides, writing nothing:
 - empty or absent: a new run;
 - non-empty, neither ``resume`` nor ``overwrite``: refused;
 - ``overwrite``: only an output of the same stage holding nothing but what that stage wrote (its
-  recorded files, the names in :data:`OWN`, its ``_work/``); anything else is named and refused;
+  recorded files, the names its :class:`Kind` owns, its ``_work/``); anything else is named and refused;
 - ``resume``: only an output of the same stage started, and if finished, finished, with the same
   settings (a change is refused, naming it); a finished one is reported as such.
 
@@ -20,7 +20,7 @@ output as it was; a swap cut short is finished by the next run. A new output tha
 (an :class:`~activeft.errors.ActiveftError`) is removed again; other failures keep the work for
 ``resume``. Empty outputs and filesystem roots are refused before anything is written.
 
-The same settings diff (:func:`changes`) serves resume, the loop's state and the pipeline's
+The same settings diff (:func:`changes`) serves resume and the pipeline's
 stage records.
 """
 
@@ -32,11 +32,12 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from . import storage
-from .lease import EXPIRY_ENV, LEASE, Lease, lease
 from ..errors import ActiveftError, OutputExistsError, ParameterError
 from ..version import __version__
+from . import storage
+from .lease import EXPIRY_ENV, LEASE, Lease  # noqa: F401  (part of the protocol's surface)
 
 log = logging.getLogger(__name__)
 RECORD = "_work/config.json"
@@ -44,15 +45,21 @@ FILES = "_work/files.json"
 SWAP = "_work/swap.json"
 NEW, RESUME, FINISHED, REPLACE = "new", "resume", "finished", "replace"
 
-# The names each stage writes beside its _work/ (also known for outputs that have no files.json yet:
-# unfinished, or written before it existed). A selection also holds the curate pipeline's report.
-OWN = {
-    "embedding store": r"part-\d{5,}\.parquet|_errors\.parquet|_manifest\.json",
-    "selection": r"selection\.(parquet|csv|json)|report\.html",
-    "calibration": r"calibrated\.parquet|calibration\.json",
-    "finetuning run": r"model\.safetensors|classes\.json|metrics\.json",
-    "export": r"selection\.csv|labelstudio\.json|export\.json",
-}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a stage's output is: its ``name`` in records and messages ("selection"), its ``marker``
+    (written last) and ``owns``, a pattern of the names the stage writes beside its ``_work/`` (known
+    also for outputs that have no ``files.json`` yet: unfinished, or written before it existed);
+    ``retry`` ends the refusal of a changed config (what the user can do instead)."""
+
+    name: str
+    marker: str
+    owns: str = "(?!)"
+    retry: str = "use another --output or --overwrite"
+
+
 _MACHINERY = re.compile(r"_work/(lease\.json(\.lock)?|swap\.json|next-[0-9a-f]{32}(/.*)?)")
 _TEMP = re.compile(r"(.*/)?\.(tmp-[0-9a-f]{32}-[^/]*|write-probe-[0-9a-f]{32})")
 
@@ -74,7 +81,8 @@ class _Inventory:
     """What an output holds, seen by ``stage``: its files (lease machinery aside), its records, and
     which files that stage did not write."""
 
-    def __init__(self, output: str, stage: str, marker: str | None):
+    def __init__(self, output: str, kind: Kind):
+        stage, marker = kind.name, kind.marker
         self.keys = [k for k, _ in storage.list_files(output) if not _MACHINERY.fullmatch(k)]
         present = set(self.keys)
         record = storage.read_json(storage.join(output, RECORD)) if RECORD in present else {}
@@ -82,7 +90,7 @@ class _Inventory:
         named = record.get("stage") or self.files.get("stage")
         self.settings = {k: v for k, v in record.items() if k != "stage"}
         self.ours = named == stage
-        own = re.compile(OWN.get(stage, "(?!)"))
+        own = re.compile(kind.owns)
         # written before records existed: its marker (or, without one given, a name the stage writes)
         self.legacy = named is None and (marker in present if marker else any(own.fullmatch(k) for k in present))
         recorded = set(self.files.get("files", [])) if self.ours else set()
@@ -96,8 +104,9 @@ class _Inventory:
         self.finished = marker in present
 
 
-def _decide(output: str, stage: str, settings: dict, marker: str, resume, overwrite, verb: str,
+def _decide(output: str, kind: Kind, settings: dict, resume, overwrite, verb: str,
             held: Lease | None = None) -> tuple[str, _Inventory]:
+    stage = kind.name
     if resume and overwrite:
         raise ParameterError("the 'resume' and 'overwrite' parameters exclude each other (pick one)")
     if storage.is_file(output):
@@ -105,7 +114,7 @@ def _decide(output: str, stage: str, settings: dict, marker: str, resume, overwr
     holder = Lease.holder(output, held)
     if holder:
         raise OutputExistsError(holder)
-    inv = _Inventory(output, stage, marker)
+    inv = _Inventory(output, kind)
     if not inv.keys:
         return NEW, inv
     if overwrite:
@@ -128,14 +137,14 @@ def _decide(output: str, stage: str, settings: dict, marker: str, resume, overwr
     diff = None if settings is None else changes(inv.settings, settings)
     if diff:
         raise OutputExistsError(f"{stage} {output} was {verb} with a different config {diff}; "
-                                "use another --output or --overwrite")
+                                f"{kind.retry}")
     if not inv.finished:
         return RESUME, inv
     if inv.files and settings is not None:
         diff = changes(inv.files.get("settings", {}), settings)
         if diff:
             raise OutputExistsError(f"{stage} {output} holds the result of a run with a different config {diff}; "
-                                    "use another --output or --overwrite")
+                                    f"{kind.retry}")
         missing = sorted(set(inv.files.get("files", [])) - set(inv.keys))
         if missing:  # a file of the result was removed: the run continues from its work and writes it again
             log.warning("%s %s lacks %s (listed in %s): resuming it", stage, output, missing[0], FILES)
@@ -143,13 +152,13 @@ def _decide(output: str, stage: str, settings: dict, marker: str, resume, overwr
     return FINISHED, inv
 
 
-def check(output: str, stage: str, settings: dict, *, marker: str, resume: bool | None = False,
-          overwrite: bool = False, verb: str = "started") -> str:
-    """What a run of ``stage`` with ``settings`` may do with ``output``: :data:`NEW`, :data:`RESUME`,
+def check(output: str, kind: Kind, settings: dict, *, resume: bool | None = False, overwrite: bool = False,
+          verb: str = "started") -> str:
+    """What a run of a stage writing ``kind`` with ``settings`` may do with ``output``: :data:`NEW`, :data:`RESUME`,
     :data:`FINISHED` (resume found the marker) or :data:`REPLACE` (overwrite); refused otherwise,
     also while another run holds the output's lease. ``resume=None``: the stage has no resume;
     ``settings=None``: an early check, before the settings are known (they are compared later)."""
-    return _decide(storage.output_uri(output), stage, settings, marker, resume, overwrite, verb)[0]
+    return _decide(storage.output_uri(output), kind, settings, resume, overwrite, verb)[0]
 
 
 def write_marker(uri: str, info: dict) -> dict:
@@ -170,8 +179,9 @@ class Output:
     on replace, swaps the new output in.
     """
 
-    def __init__(self, uri, stage, settings, marker, state, held: Lease | None, inventory: _Inventory | None):
-        self.uri, self.stage, self.settings, self.marker, self.state = uri, stage, settings, marker, state
+    def __init__(self, uri, kind: Kind, settings, state, held: Lease | None, inventory: _Inventory | None):
+        self.uri, self.kind, self.settings, self.state = uri, kind, settings, state
+        self.stage, self.marker = kind.name, kind.marker
         self.lease, self.inventory = held, inventory
         self.finished = state == FINISHED
         self.dir = storage.join(uri, "_work", f"next-{held.token}") if state == REPLACE else uri
@@ -200,7 +210,7 @@ class Output:
 
     def _swap(self) -> None:
         new = [k for k, _ in storage.list_files(self.dir)]
-        now = _Inventory(self.uri, self.stage, self.marker)
+        now = _Inventory(self.uri, self.kind)
         foreign = set(now.foreign)  # appeared during the run: not ours to remove
         old = [k for k in now.keys if k not in foreign and not _MACHINERY.fullmatch(k)]
         storage.write_json(storage.join(self.uri, SWAP), {
@@ -259,7 +269,7 @@ def _recover(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def writing(output: str | None, stage: str, settings: dict, *, marker: str, resume: bool | None = False,
+def writing(output: str | None, kind: Kind, settings: dict, *, resume: bool | None = False,
             overwrite: bool = False, verb: str = "started", keep_on: tuple = ()) -> Iterator[Output]:
     """Run a stage against ``output``: :func:`check` it (refusing before any write), take its lease,
     record the settings and yield the :class:`Output` to write into; the stage ends with
@@ -270,17 +280,17 @@ def writing(output: str | None, stage: str, settings: dict, *, marker: str, resu
     removed again; otherwise the work stays for ``resume``.
     """
     if output is None:
-        yield Output(None, stage, settings, marker, NEW, None, None)
+        yield Output(None, kind, settings, NEW, None, None)
         return
     output = storage.output_uri(output)
-    _decide(output, stage, settings, marker, resume, overwrite, verb)  # refused before anything is written
+    _decide(output, kind, settings, resume, overwrite, verb)  # refused before anything is written
     existed = storage.exists(output)
-    with Lease.take(output, stage) as held:
+    with Lease.take(output, kind.name) as held:
         _recover(output)
-        state, inv = _decide(output, stage, settings, marker, resume, overwrite, verb, held)
-        out = Output(output, stage, settings, marker, state, held, inv)
+        state, inv = _decide(output, kind, settings, resume, overwrite, verb, held)
+        out = Output(output, kind, settings, state, held, inv)
         if state != FINISHED:
-            storage.write_json(out.join(RECORD), {"stage": stage, **settings})
+            storage.write_json(out.join(RECORD), {"stage": kind.name, **settings})
         try:
             yield out
         except BaseException as e:

@@ -10,18 +10,21 @@ renamed; on an object store it is buffered and sent as one upload, which appears
 An object store that cannot be reached (or refuses a request) after its client's own retries
 raises :class:`StorageUnavailable`, one line naming the URI and the reason. Small records that
 several runs may race for (a stage's lease) use the conditional operations :func:`read_versioned`,
-:func:`write_if` and :func:`delete_if`: S3's ``If-None-Match`` / ``If-Match`` requests, or a
-``flock``-guarded compare-and-swap on a local disk.
+:func:`write_if` and :func:`delete_if`, which dispatch by scheme to the atomic providers of
+:mod:`activeft.io.backends` (local disks, ``s3://``, ``gs://``, ``memory://``). Any other scheme is
+refused in one line, unless ``ACTIVEFT_UNSAFE_LEASES=1`` accepts a check-then-write there (two runs
+racing may then both hold a lease), which logs a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
+import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -30,6 +33,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import ActiveftError, ParameterError, StoreError
+from . import backends
+from .backends import Conflict
+
+log = logging.getLogger(__name__)
 
 
 class StorageUnavailable(StoreError):
@@ -37,10 +44,6 @@ class StorageUnavailable(StoreError):
 
     def __str__(self) -> str:  # one line, also after Ray Data appended its retry advice to the message
         return str(self.args[0]).splitlines()[0] if self.args else ""
-
-
-class Conflict(Exception):
-    """A conditional write or delete lost: the object appeared or changed since it was read."""
 
 
 def is_remote(uri: str) -> bool:
@@ -117,8 +120,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     scheme, rest = uri.split("://", 1)
     netloc = rest.split("/", 1)[0]
     fs = _filesystem(scheme, netloc)
-    if isinstance(fs, pafs.PyFileSystem):  # fsspec paths keep their protocol
-        return fs, uri
+    if isinstance(fs, pafs.PyFileSystem):  # an fsspec path, as its filesystem lists it (``memory://a`` -> ``/a``)
+        import fsspec.core
+
+        return fs, fsspec.core.strip_protocol(uri)
     return fs, rest.rstrip("/")
 
 
@@ -335,122 +340,70 @@ def read_table(uri: str) -> pa.Table:
 
 # ---- conditional operations: the records several runs may race for ----------------------------------------------
 
-
-def _version(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@contextlib.contextmanager
-def _local_lock(path: str):
-    """An exclusive ``flock`` on ``path + ".lock"`` (released by the kernel if the process dies)."""
-    import fcntl
-
-    lock = path + ".lock"
-    os.makedirs(os.path.dirname(lock), exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            held, now = os.fstat(fd), os.stat(lock) if os.path.exists(lock) else None
-        except BaseException:
-            os.close(fd)
-            raise
-        if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
-            break
-        os.close(fd)  # the lock file was removed while we waited: take the new one
-    try:
-        yield lock
-    finally:
-        os.close(fd)
+UNSAFE_ENV = "ACTIVEFT_UNSAFE_LEASES"  # "1": a scheme without an atomic provider gets check-then-write
+_warned: set[str] = set()
+_warning = threading.Lock()  # (a lease's heartbeat thread and its run may warn at once)
 
 
-def _s3(uri: str):
-    """``(s3fs filesystem, bucket, key)`` for an ``s3://`` URI."""
-    import s3fs
+class _CheckThenWrite(backends.CompareAndSwap):
+    """Any other filesystem, only under ``ACTIVEFT_UNSAFE_LEASES=1``: check, then write, so two runs racing
+    between the two may both win. Logs a warning once per URI."""
 
-    fs = s3fs.S3FileSystem()
-    bucket, key, _ = fs.split_path(uri)
-    return fs, bucket, key
+    def _locked(self, uri):
+        with _warning:
+            first = uri not in _warned
+            _warned.add(uri)
+        if first:
+            log.warning("%s=1: %s is written by check-then-write, not atomically; two runs may both believe "
+                        "they hold its lease", UNSAFE_ENV, uri)
+        return contextlib.nullcontext()
+
+    def _get(self, uri):
+        return read_bytes(uri)
+
+    def _put(self, uri, data):
+        write_bytes(uri, data)
+
+    def _remove(self, uri):
+        delete(uri)
+
+
+def _backend(uri: str) -> tuple[backends.Backend, str]:
+    """The conditional-operations provider for ``uri``'s scheme, and the absolute URI; one line refusing a
+    scheme without one (unless ``ACTIVEFT_UNSAFE_LEASES=1``)."""
+    uri = absolute(uri)
+    scheme = uri.split("://", 1)[0] if is_remote(uri) else "file"
+    found = backends.backend(scheme)
+    if found is not None:
+        return found, uri
+    if os.environ.get(UNSAFE_ENV) == "1":
+        return _CheckThenWrite(), uri
+    atomic = ", ".join(f"{s}://" for s in backends.schemes())
+    raise StoreError(f"{uri}: {scheme}:// has no atomic conditional write (only {atomic}), so two runs could both "
+                     f"take its lease; set {UNSAFE_ENV}=1 to accept that risk (check, then write)")
 
 
 def read_versioned(uri: str) -> tuple[bytes, str] | None:
     """``(content, version)`` of a small object, or None when it does not exist. The version is
-    what :func:`write_if` and :func:`delete_if` compare against (S3: the ETag)."""
+    what :func:`write_if` and :func:`delete_if` compare against (S3: the ETag; GCS: the generation)."""
     with _remote_errors(uri):
-        if str(uri).startswith("s3://"):
-            from fsspec.asyn import sync
-
-            fs, bucket, key = _s3(uri)
-
-            async def get():
-                r = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-                body = r["Body"]
-                try:
-                    return await body.read(), r["ETag"]
-                finally:
-                    body.close()
-
-            try:
-                return sync(fs.loop, get)
-            except FileNotFoundError:
-                return None
-        try:
-            data = read_bytes(uri)
-        except FileNotFoundError:
-            return None
-        return data, _version(data)
+        provider, uri = _backend(uri)
+        return provider.read(uri)
 
 
 def write_if(uri: str, data: bytes, version: str | None) -> str:
     """Write ``data`` only if the object is absent (``version=None``) or still at ``version``; return
-    the new version. Raises :class:`Conflict` otherwise. Atomic on S3 (conditional PUT) and on a
-    local disk (``flock``); on other filesystems a best effort (check, then write)."""
+    the new version. Raises :class:`Conflict` otherwise."""
     with _remote_errors(uri):
-        if str(uri).startswith("s3://"):
-            fs, bucket, key = _s3(uri)
-            cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
-            try:
-                return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **cond)["ETag"]
-            except (FileExistsError, FileNotFoundError) as e:
-                raise Conflict(str(uri)) from e
-            except OSError as e:
-                if "condition" in str(e).lower():
-                    raise Conflict(str(uri)) from e
-                raise
-        fs, path = resolve(uri)
-        lock = _local_lock(path) if isinstance(fs, pafs.LocalFileSystem) else contextlib.nullcontext()
-        with lock:
-            current = read_versioned(uri)
-            if (current is None) != (version is None) or (current is not None and current[1] != version):
-                raise Conflict(str(uri))
-            write_bytes(uri, data)
-        return _version(data)
+        provider, uri = _backend(uri)
+        return provider.write(uri, data, version)
 
 
 def delete_if(uri: str, version: str) -> bool:
     """Delete the object if it is still at ``version``; False when it changed or is gone."""
     with _remote_errors(uri):
-        if str(uri).startswith("s3://"):
-            fs, bucket, key = _s3(uri)
-            try:
-                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
-                return True
-            except (FileNotFoundError, OSError) as e:
-                if isinstance(e, FileNotFoundError) or "condition" in str(e).lower():
-                    return False
-                raise
-        fs, path = resolve(uri)
-        local = isinstance(fs, pafs.LocalFileSystem)
-        if local and not os.path.exists(path):
-            return False  # (without creating a lock file where nothing is left)
-        with _local_lock(path) if local else contextlib.nullcontext() as lock:
-            current = read_versioned(uri)
-            if current is None or current[1] != version:
-                return False
-            delete(uri)
-            if lock:
-                os.unlink(lock)  # waiters notice the removed lock file and retry
-        return True
+        provider, uri = _backend(uri)
+        return provider.delete(uri, version)
 
 
 def _first_line(e: BaseException) -> str:

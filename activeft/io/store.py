@@ -22,16 +22,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
 from ..errors import StoreError
-from .protocol import header
+from . import storage
+from .protocol import Kind, header
 
 MANIFEST = "_manifest.json"
-STAGE = "embedding store"  # the stage name both embed and import-embeddings record
 ERRORS = "_errors.parquet"
 WORK = "_work"
 FORMAT = "activeft-embedding-store/1"
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+# what embed and import-embeddings write
+KIND = Kind("embedding store", MANIFEST, r"part-\d{5,}\.parquet|_errors\.parquet|_manifest\.json")
 
 
 def shard_name(index: int) -> str:
@@ -116,6 +117,30 @@ class EmbeddingStore:
     @property
     def has_labels(self) -> bool:
         return "label" in self.columns
+
+    @property
+    def source(self) -> str:
+        """What the store was made from: the embed stage's image source, or the imported table."""
+        return self.manifest["source"]
+
+    @property
+    def backbone(self) -> dict:
+        """The backbone that embedded the store (``model``, ``pretrained``, ``image_size``, ``weights``);
+        ``model`` is None for imported embeddings."""
+        return self.manifest.get("backbone", {})
+
+    @property
+    def embed_settings(self) -> dict | None:
+        """The :func:`activeft.embed` arguments that made the store, but its source and output, so that
+        ``embed(store.source, output, **store.embed_settings)`` embeds as it did: backbone, dtype,
+        partition size and, when recorded (manifest ``embed``), the last run's ``batch_size``,
+        ``num_actors`` and ``gpus_per_actor``. None for imported embeddings."""
+        if self.model is None:
+            return None
+        b = self.backbone
+        return {"model": b["model"], "pretrained": b["pretrained"], "image_size": b.get("image_size"),
+                "dtype": self.dtype, "partition_size": self.manifest["partition_size"],
+                **self.manifest.get("embed", {})}
 
     def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows ``[start, stop)`` in global order, reading only the shards they overlap."""
@@ -229,3 +254,8 @@ def write_manifest(uri: str, *, shards: list[str], dim: int, dtype: str, columns
                 "rows": sum(e["rows"] for e in entries), "errors": int(errors), **extra, "shards": entries}
     storage.write_json(storage.join(uri, MANIFEST), manifest)  # last: the store's completion marker
     return EmbeddingStore(uri)
+
+
+def open_store(store) -> EmbeddingStore:
+    """``store`` itself if it is an :class:`EmbeddingStore`, else the store at that URI."""
+    return store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)

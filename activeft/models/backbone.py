@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import storage
 from ..errors import ModelError, suggest
+from ..io import storage
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import StoreError
 from ..io import storage
 from .backbone import BackboneSpec, pooled_features
-from ..errors import StoreError
 from .heads import MLP
 
 METRICS = "metrics.json"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ParameterError
-from ..params import TEXT, declared, integer, number, validate
+from ..params import TEXT, integer, number, validated
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class Encoder:
         return path
 
 
+@validated({"model": TEXT, "image_size": integer(8), "epochs": integer(1), "batch_size": integer(2),
+            "lr": number(0, strict=True), "temperature": number(0, strict=True),
+            "min_scale": number(0, strict=True, maximum=1), "seed": integer()}, "ssl.train")
 def train(images: np.ndarray, *, model: str = "test_resnet", image_size: int = 32, epochs: int = 10,
           batch_size: int = 256, lr: float = 2e-3, temperature: float = 0.2, min_scale: float = 0.3,
           seed: int = 0) -> Encoder:
@@ -97,7 +100,6 @@ def train(images: np.ndarray, *, model: str = "test_resnet", image_size: int = 3
 
     from .backbone import BackboneSpec
 
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "ssl.train")
     x = _as_batch(images)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -141,11 +143,6 @@ def train(images: np.ndarray, *, model: str = "test_resnet", image_size: int = 3
         log.info("ssl: epoch %d/%d, NT-Xent %.4f (%.0f s)", epoch + 1, epochs, losses[-1], time.perf_counter() - start)
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return Encoder(model, image_size, state, losses, round(time.perf_counter() - start, 1))
-
-
-PARAMS = declared(train, {"model": TEXT, "image_size": integer(8), "epochs": integer(1), "batch_size": integer(2),
-                          "lr": number(0, strict=True), "temperature": number(0, strict=True),
-                          "min_scale": number(0, strict=True, maximum=1), "seed": integer()})
 
 
 def _as_batch(images):

@@ -45,7 +45,27 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter out of the console, unless debugging: faiss's start-up lines (which CPU build
+    it loads) and Ray Train's per-report lines (logged by loggers named after their file)."""
+    if os.environ.get("ACTIVEFT_DEBUG"):
+        return
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        where = os.path.dirname(ray.__file__)
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith(where):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def ray_train_log_level() -> str:
+    """The console level of Ray Train's own lines (worker group start, checkpoints, reports)."""
+    return "INFO" if os.environ.get("ACTIVEFT_DEBUG") else "WARNING"
+
+
 def setup_logging() -> None:
+    quiet_libraries()
     logger = logging.getLogger("activeft")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()

@@ -25,11 +25,11 @@ import uuid
 
 import torch
 
-from ..io import storage
-from ..errors import ActiveftError, StoreError
-from ..io.store import EmbeddingStore
 from ..engine import Collectives, Pool, TorchCollectives, on_gauge
-from . import metrics
+from ..errors import ActiveftError, StoreError
+from ..io import storage
+from ..io.store import EmbeddingStore
+from . import console, metrics
 
 log = logging.getLogger(__name__)
 on_gauge(metrics.set)  # the engine's gauges (k-means inertia) reach the Ray dashboard from every process that runs it
@@ -149,7 +149,7 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
     Returns Ray Train's ``Result``. A rerun with the same ``work`` resumes from the latest
     checkpoint (same ``RunConfig`` name and storage path).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from . import cluster
@@ -162,6 +162,7 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
                                      resources_per_worker=resources_per_worker),
         run_config=RunConfig(name=name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=max_failures),
+                             logging_config=LoggingConfig(log_level=console.ray_train_log_level()),
                              checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
     try:
@@ -224,6 +225,7 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    console.quiet_libraries()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     comm = TorchCollectives()

@@ -11,26 +11,30 @@ coverage).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..io import protocol, storage
 from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, sample_rows
-from ..runtime.runner import run
 from ..errors import ParameterError, StoreError, check
-from ..params import BOOL, TEXT, Rule, declared, integer, one_of, optional, parsed, validate
-from ..io.store import EmbeddingStore
+from ..io import protocol, storage
+from ..io.store import EmbeddingStore, open_store
+from ..params import BOOL, TEXT, Rule, integer, one_of, optional, parsed
+from ..runtime.runner import run
+from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
 SELECTION = "selection.json"
+KIND = protocol.Kind("selection", SELECTION, r"selection\.(parquet|csv|json)|report\.html")  # (and the report)
 
 __all__ = ["select", "Selection", "read_selection", "list_selectors", "get_selector", "resolve_budget"]
 
@@ -78,6 +82,41 @@ def resolve_budget(budget, pool: int) -> int:
     return value
 
 
+RULES = {
+    "store": Rule(str, lambda v: isinstance(v, (str, EmbeddingStore)), "a store URI or an EmbeddingStore"),
+    "budget": parsed(lambda v: resolve_budget(v, 10 ** 15), "a count >= 1 or a fraction of the pool ('1%', '0.01')",
+                     int | float | str),
+    "output": optional(TEXT),
+    "method": parsed(get_selector, "one of " + ", ".join(list_selectors()), choices=list_selectors),
+    "num_workers": integer(1), "use_gpu": BOOL, "precision": optional(one_of(*PRECISIONS)), "seed": integer(),
+    "checkpoint_every": integer(0),
+    "exclude": Rule(str | None, lambda v: v is None or isinstance(v, (str, list, tuple, np.ndarray)),
+                    "a table of ids or a list of ids"),
+    "resume": BOOL, "overwrite": BOOL}
+
+
+def _summary(sel, values: dict) -> str:
+    info = sel.info
+    return (f"{values['output']}: {len(sel)} of {info['pool_size']} selected by {values['method']} in "
+            f"{info['seconds_total']} s; coverage {info['coverage']:.4f} (random: {info['coverage_random']:.4f})")
+
+
+def method_params() -> dict:
+    """Every registered selector's parameters, each once (its help names the methods using it)."""
+    out: dict = {}
+    for name in list_selectors():
+        for key, p in get_selector(name).params.items():
+            out.setdefault(key, []).append((name, p))
+    return {k: dataclasses.replace(v[0][1], help="; ".join(f"{m}: {p.help} (default {p.default})" for m, p in v))
+            for k, v in out.items()}
+
+
+@stage(RULES, output=KIND, flags={"output": ("-o",)},
+       command=Command("select", arguments=("store",), required=("output",), summary=_summary, options=method_params,
+                       example="activeft select stores/pool --budget 1% --output sel/activeft --num-workers 8 "
+                               "--use-gpu"),
+       section=Section("select", fixed=("store", "output", "resume", "overwrite"),
+                       extra={"output": (str, "{output}/selection"), "params": (dict[str, Any], {})}))
 def select(store, budget, *, output: str | None = None, method: str = "herding", num_workers: int = 1,
            use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, resume: bool = False,
            overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
@@ -90,12 +129,14 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
     budget : int or str
         A count, or a fraction of the pool: ``"1%"``, ``"0.01"`` or ``0.01``.
     output : str, optional
-        Directory or prefix for ``selection.parquet/.csv/.json``; nothing is written without it.
+        Directory or prefix where ``selection.parquet``, ``selection.csv`` and ``selection.json`` are
+        written. In Python it may be None: the selection is returned, nothing is written.
     method : str, default="herding"
-        One of :func:`list_selectors`. Each method's own parameters (``iterations``,
-        ``temperature``, ...: ``get_selector(method).params``) are further keyword arguments.
+        The selection method; its own parameters (``iterations``, ``temperature``, ...) follow.
         The default, MaxHerding with the budget radius as bandwidth, was chosen on a validation
         split carved from the pool (``benchmarks/RESULTS.md``); ``activeft`` is the paper's method.
+        In Python: one of :func:`list_selectors`, whose parameters (``get_selector(method).params``)
+        are further keyword arguments.
     num_workers : int, default=1
         1 runs in this process; more run on a Ray Train worker group, each holding a slice of the
         rows. The same seed gives the same selection for any number of workers.
@@ -108,8 +149,9 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
     seed : int, default=0
         Random seed (initialisation, mini-batches, the random baseline).
     exclude : str or list of str, optional
-        Ids already labeled (a ``.csv``/``.parquet`` table with an ``id`` column, or a list): never
-        selected; ActiveFT keeps them as fixed centroids the new ones stay diverse from.
+        A ``.csv`` or ``.parquet`` table of the ids already labeled (an ``id`` column): never
+        selected; ActiveFT keeps them as fixed centroids the new ones stay diverse from. In Python
+        also a list of ids.
     resume : bool
         Continue a stopped run in ``output`` from its last checkpoint.
     overwrite : bool
@@ -131,10 +173,8 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
     (10, 10, ['id', 'rank', 'method', 'centroid'])
     """
     start = time.perf_counter()
-    method_class = get_selector(method)  # an unknown method gets its one-line suggestion first
-    validate(PARAMS, {k: v for k, v in locals().items() if k in PARAMS}, "select")
-    selector = method_class(seed=seed, **params)
-    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+    selector = get_selector(method)(seed=seed, **params)
+    store = open_store(store)
     output = storage.output_uri(output) if output is not None else None
     exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
     exclude_rows = np.sort(store.rows_of(exclude_ids, "excluded ids")) if exclude_ids else np.zeros(0, np.int64)
@@ -147,7 +187,7 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
               "num_workers": num_workers}
     import torch
 
-    with protocol.writing(output, "selection", config, marker=SELECTION, resume=resume, overwrite=overwrite) as out:
+    with protocol.writing(output, KIND, config, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return read_selection(output)  # resumed a run that had finished
         work = out.join("_work", "select") if output else None
@@ -169,19 +209,6 @@ def select(store, budget, *, output: str | None = None, method: str = "herding",
     log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
              info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
     return selection
-
-
-PARAMS = declared(select, {
-    "store": Rule(str, lambda v: isinstance(v, (str, EmbeddingStore)), "a store URI or an EmbeddingStore"),
-    "budget": parsed(lambda v: resolve_budget(v, 10 ** 15), "a count >= 1 or a fraction of the pool ('1%', '0.01')",
-                     int | float | str),
-    "output": optional(TEXT),
-    "method": Rule(str, lambda v: v in list_selectors(), "one of " + ", ".join(list_selectors())),
-    "num_workers": integer(1), "use_gpu": BOOL, "precision": optional(one_of(*PRECISIONS)), "seed": integer(),
-    "checkpoint_every": integer(0),
-    "exclude": Rule(str | None, lambda v: v is None or isinstance(v, (str, list, tuple, np.ndarray)),
-                    "a table of ids or a list of ids"),
-    "resume": BOOL, "overwrite": BOOL}, flags={"output": ("-o",)})
 
 
 def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoints) -> dict:

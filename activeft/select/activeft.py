@@ -43,7 +43,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..runtime import metrics
 from ..engine import (
     Collectives,
     FlatIndex,
@@ -59,6 +58,7 @@ from ..engine import (
     stream_rows,
 )
 from ..params import Param, integer, number, one_of, optional
+from ..runtime import metrics
 from .registry import Result, Selector, register_selector
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class ActiveFT(Selector):
                       "Initial centroids: random pool features (official default), FPS, k-means++ or k-means|| "
                       "seeds."),
     }
+    test_params = {"iterations": 60, "batch_size": 300}  # mini-batch steps: their row sampling is sharded too
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
         t_init, g = time.perf_counter(), generator(self.seed)

@@ -89,6 +89,7 @@ class BiLAF(Selector):
         "denoise": Param("official", one_of("official", "nearest"), "Ring step as the official code indexes it, "
                                                                     "or by the nearest grown rows."),
     }
+    test_params = {"core": "kmeans"}  # the cheapest core selector
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
         n_core = max(1, round(self.cores * budget))

@@ -23,6 +23,7 @@ class KMeans(Selector):
                                                            "centroid) or uniform rows."),
         "tol": Param(1e-4, number(0), "Stop when the inertia improves by less than this fraction."),
     }
+    test_params = {"iterations": 20}
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
         centroids, history = kmeans(pool, comm, budget, iterations=self.iterations, tol=self.tol, init=self.init,

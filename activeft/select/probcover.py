@@ -64,6 +64,7 @@ class ProbCover(Selector):
         "classes": Param(10, integer(2), "k-means clusters that label the balls for the purity rule."),
         **graph_params(REACH),
     }
+    test_seed_free = True  # the graph is exact on pools up to `candidates` rows; picks are greedy
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
         rows, d2, radius = coverage_graph(pool, comm, budget, self.neighbours, self.candidates, self.seed, REACH)

@@ -33,7 +33,7 @@ class Result:
 
 
 class Selector:
-    """Base class. Subclasses set ``name``, ``params`` (``{name: Param}``) and implement :meth:`fit`.
+    """Base class. Subclasses set ``name``, ``params`` (``{name: Param}``), ``test_params`` and implement :meth:`fit`.
 
     ``fit(pool, comm, budget, exclude, checkpoints)`` runs on every worker with its rows of the
     pool and returns the same :class:`Result` on every rank.
@@ -41,6 +41,12 @@ class Selector:
 
     name: str = ""
     params: dict[str, Param] = {}
+    test_params: dict = {}
+    """The cheapest parameters that still exercise the method on the tests' small pools (registry-wide tests)."""
+    test_seed_free: bool = False
+    """True where no random choice is made on those pools: another seed gives the same selection."""
+    worker_invariant: bool = True
+    """True when the same seed selects the same rows for any number of workers (tested 1 vs W)."""
 
     def __init__(self, seed: int = 0, **params):
         check(isinstance(seed, int) and not isinstance(seed, bool), "seed", self.name, "an int", seed)

@@ -41,6 +41,7 @@ class TypiClust(Selector):
         "k_nn": Param(20, integer(1), "Neighbours in the typicality (official K_NN = 20)."),
         "iterations": Param(100, integer(1), "Lloyd iterations of the clustering."),
     }
+    test_params = {"iterations": 20}
 
     def fit(self, pool, comm, budget, exclude, checkpoints) -> Result:
         k = min(len(exclude) + budget, self.max_clusters, pool.size)
