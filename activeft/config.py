@@ -87,6 +87,13 @@ def config_model() -> type[_Config]:
     return create_model("Config", __base__=_Config, **top)
 
 
+def _find(cfg, path: str):
+    """The section at a dotted ``path`` of a config, or None where the config has none."""
+    for key in path.split("."):
+        cfg = getattr(cfg, key, None)
+    return cfg
+
+
 def _set(tree: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
     node = tree
@@ -170,13 +177,13 @@ def load_config(uri: str, overrides: list[str] = (), date: str | None = None) ->
         cfg = schema.model_validate(_resolve(cfg.model_dump(), variables))  # defaults that use {output}
     except ValidationError as e:
         raise ConfigError(_describe(e.errors()[0], schema)) from None
-    if cfg.select is not None:  # the method's parameters, against its declaration
-        from .select import get_selector
-
-        try:
-            validate(get_selector(cfg.select.method).params, cfg.select.params, cfg.select.method, "method")
-        except ActiveftError as e:
-            raise ConfigError(f"config key 'select.params': {e}") from None
+    for entry in stages.list_stages():  # a method's parameters, against its declaration
+        section = _find(cfg, entry.section.path) if entry.section and entry.section.methods else None
+        if section is not None:
+            try:
+                validate(entry.section.methods(section.method).params, section.params, section.method, "method")
+            except ActiveftError as e:
+                raise ConfigError(f"config key '{entry.section.path}.params': {e}") from None
     for key, value in _paths(cfg.model_dump(), _OUTPUTS):  # where stages write: never empty, never a filesystem root
         try:
             storage.output_uri(value, f"config key '{key}'")

@@ -13,6 +13,7 @@ A help sentence starting "In Python" speaks of the API only: the command line le
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import re
@@ -201,6 +202,17 @@ def cli_help(p: Param) -> str:
     if listed and not re.search(r"\bOne of\b", text):
         text = f"{text} One of: {', '.join(map(str, listed))}.".strip()
     return text
+
+
+def merged_params(methods: dict[str, dict[str, Param]]) -> dict[str, Param]:
+    """Several methods' parameters, each name once (the first method's rule); its help names each method
+    using it, with that method's help and default."""
+    out: dict[str, list] = {}
+    for method, params in methods.items():
+        for key, p in params.items():
+            out.setdefault(key, []).append((method, p))
+    return {k: dataclasses.replace(v[0][1], help="; ".join(f"{m}: {p.help} (default {p.default})" for m, p in v))
+            for k, v in out.items()}
 
 
 def config_fields(params: dict[str, Param]) -> dict[str, tuple]:

@@ -40,13 +40,15 @@ class Command:
 class Section:
     """A stage's section of the pipeline configs: its ``path`` (``select``; ``train.calibrate`` nests it
     in the ``train`` group), the parameters the pipeline passes itself (``fixed``: not config keys), the
-    section's own keys (``extra``: ``{key: (type, default)}``; defaults may use ``{output}``) and whether
-    a config has the section without naming it (``always``)."""
+    section's own keys (``extra``: ``{key: (type, default)}``; defaults may use ``{output}``), whether
+    a config has the section without naming it (``always``), and for a stage of several methods
+    ``methods(name)``: the method's class, whose declared ``params`` the section's ``params`` key holds."""
 
     path: str
     fixed: tuple[str, ...] = ()
     extra: dict[str, tuple] = field(default_factory=dict)
     always: bool = False
+    methods: Callable[[str], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,12 @@ through the embed stage with ``--model NAME --pretrained PATH|hub``: the second 
 Every cell goes through the product's stages: ``activeft.select`` (every registered method),
 the pool's own labels as the annotation oracle for the selected ids, ``activeft.calibrate`` for
 activedc (ActiveFT's selection + calibration), then ``activeft.finetune(mode="linear")`` (the same
-logistic-regression recipe for every method) scored on the test store. Reported: top-1 on the
-test set, mean +- std over seeds, and the selection (and calibration) time.
+logistic-regression recipe for every method) scored on the test store. Two protocols, paired on the
+same selections: ``labels`` (the head on the selected labels only) and ``labelprop`` (the labels
+spread over the pool's neighbour graph, ``activeft.calibrate(method="labelprop")``, and the head on
+every propagated row, weighted by its confidence). Reported: top-1 on the test set per protocol, mean
++- std over seeds, the selection (and calibration) time, and per cell the seeds a method beats
+k-means in.
 
     python benchmarks/quality.py                                  # the full table (about 20 min on 2 cores)
     python benchmarks/quality.py --pool-size 2000 --test-size 1000 --budgets 20 --seeds 1   # a smoke run
@@ -66,7 +70,7 @@ def embed_with_backbone(workdir: str, model: str, pretrained: str, image_size, p
     return tuple(stores)
 
 
-def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
+def run_cell(pool, test, truth, method, budget, seed, workdir, params, protocols=("labels",)) -> dict:
     features = os.path.relpath(pool.uri, workdir).replace(os.sep, "-")  # runs on other features never collide
     base = os.path.join(workdir, "cells", features, f"{method}-{budget}-{seed}")
     select_method = "activeft" if method == "activedc" else method
@@ -83,25 +87,67 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params) -> dict:
         info = storage.read_json(os.path.join(base, "cal", CALIBRATION))
         row.update(calibrate_s=round(time.perf_counter() - start, 2), pseudo=info["pseudo"],
                    pseudo_accuracy=info["pseudo_label_accuracy"], skipped=info["skipped"])
-    metrics = activeft.finetune(pool, train=train, val_store=test, output=os.path.join(base, "run"), mode="linear",
-                                overwrite=True)
-    row["accuracy"] = metrics["final_val_accuracy"]
+    if "labels" in protocols:
+        metrics = activeft.finetune(pool, train=train, val_store=test, output=os.path.join(base, "run"),
+                                    mode="linear", overwrite=True)
+        row["accuracy"] = metrics["final_val_accuracy"]
+    if "labelprop" in protocols:
+        start = time.perf_counter()
+        spread = activeft.calibrate(pool, selection=os.path.join(base, "sel"), labels=labels, method="labelprop",
+                                    seed=seed, output=os.path.join(base, "lp"), overwrite=True,
+                                    **params.get("labelprop", {}))
+        info = storage.read_json(os.path.join(base, "lp", CALIBRATION))
+        metrics = activeft.finetune(pool, train=spread, val_store=test, output=os.path.join(base, "run-lp"),
+                                    mode="linear", overwrite=True)
+        row.update(accuracy_labelprop=metrics["final_val_accuracy"], labelprop_s=round(time.perf_counter() - start, 2),
+                   labelprop_pseudo_accuracy=info["pseudo_label_accuracy"])
     return row
 
 
+PROTOCOLS = {"labels": "accuracy", "labelprop": "accuracy_labelprop"}
+
+
 def table(rows, budgets, methods) -> str:
+    """One row a method; a cell per budget: ``labels`` top-1 (mean ± std over seeds) and, where run, `` / ``
+    the ``labelprop`` one."""
     lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | selection s (B = {budgets[-1]}) | runs |",
              "|---|" + "---|" * (len(budgets) + 2)]
     for m in methods:
         cells = []
         for b in budgets:
-            acc = [r["accuracy"] * 100 for r in rows if r["method"] == m and r["budget"] == b]
-            cells.append(f"{np.mean(acc):.1f} ± {np.std(acc):.1f}" if acc else "")
+            parts = []
+            for key in PROTOCOLS.values():
+                acc = [r[key] * 100 for r in rows if r["method"] == m and r["budget"] == b and key in r]
+                parts += [f"{np.mean(acc):.1f} ± {np.std(acc):.1f}"] if acc else []
+            cells.append(" / ".join(parts))
         last = [r for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
         secs = [r["select_s"] + r.get("calibrate_s", 0) for r in last]
         runs = len({r["seed"] for r in rows if r["method"] == m})
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} | {runs} |")
     return "\n".join(lines)
+
+
+def wins(rows, baseline: str = "kmeans") -> dict:
+    """Per protocol, method and budget: the seeds in which the method's top-1 beats the baseline's on the same
+    seed (ties count half), and the mean difference in points."""
+    out: dict = {}
+    base = {(r["budget"], r["seed"]): r for r in rows if r["method"] == baseline}
+    for protocol, key in PROTOCOLS.items():
+        for r in rows:
+            other = base.get((r["budget"], r["seed"]))
+            if r["method"] == baseline or other is None or key not in r or key not in other:
+                continue
+            cell = out.setdefault(protocol, {}).setdefault(r["method"], {}).setdefault(
+                str(r["budget"]), {"wins": 0.0, "seeds": 0, "gain": 0.0})
+            d = r[key] - other[key]
+            cell["wins"] += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+            cell["seeds"] += 1
+            cell["gain"] += 100 * d
+    for cells in out.values():
+        for by_budget in cells.values():
+            for cell in by_budget.values():
+                cell["gain"] = round(cell["gain"] / cell["seeds"], 2)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -116,7 +162,9 @@ def main(argv=None) -> dict:
     p.add_argument("--model", help="embed with this timm backbone instead of the PCA features")
     p.add_argument("--pretrained", default="hub", help="weights for --model: hub or a path")
     p.add_argument("--image-size", type=int, help="input side for --model (default: the model's own)")
-    p.add_argument("--params", default="{}", help="JSON of parameters by method (and 'calibrate'), e.g. "
+    p.add_argument("--protocols", default="labels,labelprop", help="labels (the selected labels only) and/or "
+                                                                     "labelprop (the labels spread over the pool)")
+    p.add_argument("--params", default="{}", help="JSON of parameters by method (and 'calibrate', 'labelprop'), e.g. "
                                                    "'{\"herding\": {\"bandwidth\": 0.5}}'")
     p.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "quality"))
     p.add_argument("--out", help="write the raw rows and the table as JSON here")
@@ -147,12 +195,14 @@ def main(argv=None) -> dict:
     for budget in budgets:
         for seed in range(args.seeds):
             for method in methods:
-                rows.append(run_cell(pool, test, truth, method, budget, seed, args.workdir, params))
+                rows.append(run_cell(pool, test, truth, method, budget, seed, args.workdir, params,
+                                     args.protocols.split(",")))
                 log.info("%s", json.dumps(rows[-1]))
     return fashion_mnist.write_result({
         "features": args.model or "pca64",
         "scored_on": f"validation split of {args.holdout} pool images" if args.holdout else "test set",
-        "pool": len(pool), "test": len(test), "params": params, "rows": rows, "table": table(rows, budgets, methods)},
+        "pool": len(pool), "test": len(test), "params": params, "protocols": args.protocols.split(","), "rows": rows,
+        "table": table(rows, budgets, methods), "wins_over_kmeans": wins(rows)},
         args.out)
 
 

@@ -25,8 +25,8 @@ def run(cfg):
     train_table = t.labels
     if c.enabled:
         p.stage("calibrate", lambda: activeft.calibrate(
-            t.store, selection=t.selection, labels=t.labels, **c.model_dump(exclude={"enabled"}),
-            overwrite=True).num_rows, storage.join(c.output, CALIBRATION),
+            t.store, selection=t.selection, labels=t.labels, **c.model_dump(exclude={"enabled", "params"}),
+            **c.params, overwrite=True).num_rows, storage.join(c.output, CALIBRATION),
             {"train": t.model_dump(mode="json", exclude={"finetune"})})
         train_table = storage.join(c.output, CALIBRATED)
     p.stage("finetune", lambda: activeft.finetune(t.store, train=train_table, **f.model_dump(),

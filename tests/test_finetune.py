@@ -115,9 +115,10 @@ def test_full_mode_two_workers(image_store, tmp_path):
     import timm
 
     store, train, val = image_store
-    info = activeft.finetune(store, train=train, val=val, output=str(tmp_path / "run"), epochs=3, **FULL)
+    weighted = train.append_column("confidence", pa.array([1.0, 0.6] * (train.num_rows // 2)))  # as labelprop's
+    info = activeft.finetune(store, train=weighted, val=val, output=str(tmp_path / "run"), epochs=3, **FULL)
     losses = [h["loss"] for h in info["history"]]  # 3 steps an epoch on heavily augmented 32 px images: noisy
-    assert len(losses) == 3 and min(losses[1:]) < losses[0]
+    assert len(losses) == 3 and min(losses[1:]) < losses[0] and info["config"]["weighted"]
     assert all("val_accuracy" in h for h in info["history"])
     model, classes = activeft.load_model(str(tmp_path / "run"))
     from safetensors.torch import load_file

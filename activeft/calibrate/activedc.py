@@ -36,6 +36,7 @@ column is never read here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -44,6 +45,9 @@ import torch
 
 from ..engine import Collectives, FlatIndex, Pool, kmeans, merge_topk
 from ..errors import ParameterError
+from ..params import BOOL, Param, Rule, integer, number, optional
+from ..runtime.runner import run
+from .methods import Calibrator, Pseudo, register_calibrator
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +196,49 @@ def calibrate(pool: Pool, comm: Collectives, labeled_rows: np.ndarray, labeled_c
             "kmeans_inertia": history[-1], "kmeans_iterations": len(history),
             "class_cluster": {c: match[c] for c in range(n_classes)},
             "cluster_sizes": {k_: int(n) for k_, n in zip(matched, counts.tolist(), strict=True)}}
+
+
+@register_calibrator
+class ActiveDC(Calibrator):
+    """ActiveDC's distribution calibration (module docstring), the paper's method."""
+
+    name = "activedc"
+    params = {
+        "alpha": Param(0.7, number(0), "beta = 1 - exp(-alpha * p) weighs the labeled class mean against its "
+                                       "cluster's mean (p = labeled percentage of the pool). The official README "
+                                       "uses 0.7 on CIFAR-10 at 1%."),
+        "xi": Param(0.2, number(0), "Added to every entry of the cluster covariance (the official value)."),
+        "tukey_lambda": Param(0.5, number(), "Tukey transform exponent (0: log)."),
+        "clusters": Param(None, optional(integer(1)), "k of the k-means; default the number of labeled classes."),
+        "samples_per_label": Param("auto", Rule(str, lambda v: v == "auto" or (str(v).isdigit() and int(v) >= 1),
+                                                "'auto' or an int >= 1", int | str),
+                                   "Draws per labeled sample; auto is 2 below 50 labels per class, else 1."),
+        "emd_filter": Param(False, BOOL, "Keep a draw only if it does not raise the 1-D Wasserstein distance of "
+                                         "mean activations."),
+        "max_draws": Param(50, integer(1), "Draws per labeled sample before it is skipped (the official code never "
+                                           "gives up)."),
+        "kmeans_runs": Param(10, integer(1), "k-means runs (different seeds) of which the lowest inertia is kept "
+                                             "(the code's nredo)."),
+    }
+
+    def fit(self, store, rows, klass, classes, *, num_workers, use_gpu) -> Pseudo:
+        per_label = samples_per_label(len(rows), len(classes)) if self.samples_per_label == "auto" \
+            else int(self.samples_per_label)
+        params = {"alpha": self.alpha, "xi": self.xi, "samples_per_label": per_label,
+                  "clusters": self.clusters or len(classes), "seed": self.seed, "emd_filter": self.emd_filter,
+                  "max_draws": self.max_draws, "kmeans_runs": self.kmeans_runs}
+        job = functools.partial(_job, rows, klass, len(classes), params)
+        result = run(job, store, num_workers=num_workers, use_gpu=use_gpu,
+                     transform=functools.partial(tukey, lam=self.tukey_lambda))
+        origin = np.asarray(result["origin"], dtype=np.int64)
+        origin_ids = store.take(rows[origin], ["id"]).column("id").to_numpy(zero_copy_only=False)
+        info = {"params": {**self.config(), **params}, "skipped": result["skipped"], "draws": result["draws"],
+                "emd_rejected": result["emd_rejected"], "beta": result["beta"], "labeled_percent": result["percent"],
+                "class_cluster": {str(classes[int(c)]): k for c, k in result["class_cluster"].items()},
+                "cluster_sizes": result["cluster_sizes"], "kmeans_inertia": result["kmeans_inertia"]}
+        return Pseudo(np.asarray(result["rows"], dtype=np.int64), klass[origin], {"origin_id": origin_ids},
+                      {"origin_id": None}, info)
+
+
+def _job(rows, klass, n_classes, params, pool, comm, checkpoints) -> dict:
+    return calibrate(pool, comm, rows, klass, n_classes, **params)

@@ -142,6 +142,7 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
         raise LabelsError(f"the train table has a single class ({classes[0]!r}); a classifier needs at least two")
     rows = store.rows_of(table.column("id").to_pylist(), "train ids")
     target = class_indices(table.column("label"), classes)
+    weight = _weights(table)
     val_source, val_rows, val_target = validation_set(store, val, val_store, classes)
     spec, dim = _backbone(store, model, pretrained, mode) if mode != "linear" else (None, store.dim)
     backbone = spec or _store_spec(store)
@@ -150,15 +151,16 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
               "image_size": backbone.image_size if backbone else None,
               "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
               "eval_every": eval_every, "num_workers": num_workers, "use_gpu": use_gpu, "seed": seed,
-              "store": store.uri, "train_rows": len(rows), "val": _describe_val(val, val_store)}
+              "store": store.uri, "train_rows": len(rows), "weighted": weight is not None,
+              "val": _describe_val(val, val_store)}
     output = storage.output_uri(output)
     with protocol.writing(output, KIND, config, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return storage.read_json(storage.join(output, METRICS))  # resumed a run that had finished
         x = torch.from_numpy(store.embeddings_at(rows))
         if mode == "linear":
-            classifier, history = _fit_head(x, torch.from_numpy(target), len(classes), head, epochs, weight_decay,
-                                            lr, seed)
+            classifier, history = _fit_head(x, torch.from_numpy(target), weight, len(classes), head, epochs,
+                                            weight_decay, lr, seed)
             if val_rows is not None:
                 val_acc = accuracy(classifier, val_source.embeddings_of(val_rows), val_target)
                 history[-1]["val_accuracy"] = val_acc
@@ -172,23 +174,37 @@ def finetune(store, *, train, output: str, mode: str = "linear", val=None, val_s
 
             head_init = None
             if mode == "lp-ft":
-                head_init = train_linear(x, torch.from_numpy(target), len(classes), weight_decay=weight_decay)
+                head_init = train_linear(x, torch.from_numpy(target), len(classes), weight=weight,
+                                         weight_decay=weight_decay)
                 head_init = {k: v.detach() for k, v in head_init.state_dict().items()}
             state, history, best_epoch = fit(
-                store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, out.dir,
-                max_failures=max_failures, fail_at=_fail_at)
+                store, rows, target, weight, classes, spec, val_source, val_rows, val_target, config, head_init,
+                out.dir, max_failures=max_failures, fail_at=_fail_at)
         info = _finish(out, dim, classes, config, state, history, best_epoch, start)
     log.info("finetune: %s on %d samples, %d classes: final val top-1 %s, best %s -> %s", mode, len(rows),
              len(classes), info["final_val_accuracy"], info["best_val_accuracy"], output)
     return info
 
 
-def _fit_head(x, y, n_classes, head, epochs, weight_decay, lr, seed):
+def _weights(table) -> torch.Tensor | None:
+    """The rows' weights: a ``confidence`` column (label propagation's), else none."""
+    if "confidence" not in table.column_names:
+        return None
+    weight = torch.from_numpy(table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64))
+    if not torch.isfinite(weight).all() or (weight < 0).any() or not weight.sum() > 0:
+        raise LabelsError("the train table's 'confidence' column (the rows' weights) must hold finite values >= 0, "
+                          "not all 0")
+    return weight
+
+
+def _fit_head(x, y, weight, n_classes, head, epochs, weight_decay, lr, seed):
     losses: list = []
     if head == "mlp":
-        module = train_mlp(x, y, n_classes, epochs=epochs or 50, lr=lr or 0.1, seed=seed, history=losses)
+        module = train_mlp(x, y, n_classes, weight=weight, epochs=epochs or 50, lr=lr or 0.1, seed=seed,
+                           history=losses)
     else:
-        module = train_linear(x, y, n_classes, weight_decay=weight_decay, max_iter=epochs or 500, history=losses)
+        module = train_linear(x, y, n_classes, weight=weight, weight_decay=weight_decay, max_iter=epochs or 500,
+                              history=losses)
     classifier = Classifier(None, module)
     with torch.no_grad():
         train_acc = float((classifier(x).argmax(1) == y).float().mean())

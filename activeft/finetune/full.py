@@ -25,11 +25,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from ..io import storage
 from ..models.backbone import Preprocess
 from ..models.classifier import build_classifier
+from ..models.heads import cross_entropy
 from ..models.images import read_images
 from ..runtime import metrics
 from ..runtime.runner import inject_failure, read_checkpoint, report, train_group
@@ -43,7 +43,7 @@ def decode(batch: dict, config: dict, training: bool) -> dict:
     ok = np.array([not e for e in errors], dtype=bool)
     if not ok.all():
         metrics.inc("activeft_decode_errors", int((~ok).sum()), stage="finetune")
-    return {"image": images[ok], "target": np.asarray(batch["target"])[ok]}
+    return {"image": images[ok], "target": np.asarray(batch["target"])[ok], "weight": np.asarray(batch["weight"])[ok]}
 
 
 def _param_groups(model, weight_decay):
@@ -100,7 +100,8 @@ def train_loop(config: dict) -> None:
                 group["lr"] = lr
             with torch.autocast(device.type, amp, enabled=amp is not None):
                 logits = model(pre.normalize(batch["image"]))
-                loss = F.cross_entropy(logits.float(), batch["target"].long(), label_smoothing=0.1)
+                loss = cross_entropy(logits.float(), batch["target"].long(),
+                                     batch["weight"] if config["weighted"] else None, label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -154,7 +155,7 @@ def _evaluate(model, shard, pre, device, amp, config) -> float:
     return float(counts[0] / max(counts[1], 1))
 
 
-def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, config, head_init, output, *,
+def fit(store, rows, target, weight, classes, spec, val_source, val_rows, val_target, config, head_init, output, *,
         max_failures: int, fail_at: int | None):
     """Train on Ray Train; return ``(timm state dict, history, exported epoch)``.
 
@@ -173,7 +174,8 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     n_workers = config["num_workers"]
     order = np.random.default_rng(config["seed"]).permutation(len(rows))  # tables come sorted (often by class)
     datasets = {"train": _images(store.take(np.asarray(rows)[order], ["uri"]).column("uri").to_pylist(),
-                                 np.asarray(target)[order], data_config, True)}
+                                 np.asarray(target)[order], data_config, True,
+                                 None if weight is None else weight.numpy()[order])}
     if val_rows is not None:
         datasets["val"] = _images(val_source.uris_of(val_rows), val_target, data_config, False)
     epochs, batch = config["epochs"] or 50, config["batch_size"]
@@ -187,7 +189,8 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
                    "data_config": data_config, "epochs": epochs, "lr": lr, "batch_size": batch,
                    "weight_decay": 1e-4 if config["weight_decay"] is None else config["weight_decay"],
                    "eval_every": config["eval_every"], "seed": config["seed"], "train_rows": len(rows),
-                   "has_val": val_rows is not None, "fail_at": fail_at, "threads": max(1, int(cpus) // n_workers)}
+                   "has_val": val_rows is not None, "weighted": weight is not None, "fail_at": fail_at,
+                   "threads": max(1, int(cpus) // n_workers)}
     result = train_group(train_loop, loop_config, num_workers=n_workers, use_gpu=config["use_gpu"],
                          work=storage.join(output, "_work", "train"), max_failures=max_failures, datasets=datasets,
                          resources_per_worker={"CPU": per_worker},
@@ -202,10 +205,13 @@ def fit(store, rows, target, classes, spec, val_source, val_rows, val_target, co
     return model.timm_state_dict(), history, state["epoch"]
 
 
-def _images(uris, target, data_config, training):
+def _images(uris, target, data_config, training, weight=None):
+    """Ray Data: the images decoded and transformed, with their class and weight (1 when not given)."""
     import ray
 
-    table = pa.table({"uri": uris, "target": pa.array(np.asarray(target, dtype=np.int64))})
+    weight = np.ones(len(uris)) if weight is None else weight
+    table = pa.table({"uri": uris, "target": pa.array(np.asarray(target, dtype=np.int64)),
+                      "weight": pa.array(np.asarray(weight, dtype=np.float32))})
     return ray.data.from_arrow(table).map_batches(decode, batch_format="numpy", batch_size=32,
                                                   fn_kwargs={"config": data_config, "training": training})
 

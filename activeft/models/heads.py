@@ -1,7 +1,8 @@
 """Classifier heads trained on stored embeddings (no images): the linear probe and the MLP proxy.
 
 - :func:`train_linear` is multinomial logistic regression, full-batch L-BFGS on
-  ``mean CE + (weight_decay / 2) |W|^2`` (bias unpenalised). ``weight_decay = 1 / n`` is
+  ``mean CE + (weight_decay / 2) |W|^2`` (bias unpenalised; the mean weighted by the rows' weights
+  when given, as sklearn's ``sample_weight``). ``weight_decay = 1 / n`` is
   scikit-learn's ``LogisticRegression(C=1)``, the linear check ActiveDC's ``DC_v10.py`` runs.
   Convex, deterministic, no learning rate to tune: one recipe for every selection method.
 - :func:`train_mlp` is the proxy of ASVP (github.com/ZiTingW/asvp, ``dataset_model.MLP`` and
@@ -19,11 +20,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def train_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, weight_decay: float | None = None,
-                 max_iter: int = 500, history: list | None = None) -> nn.Linear:
-    """Logistic regression on ``x`` (n, D); ``weight_decay`` defaults to ``1 / n`` (sklearn's C=1)."""
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+                  **kwargs) -> torch.Tensor:
+    """Cross-entropy, its mean weighted by the rows' ``weight`` (None: the plain mean)."""
+    if weight is None:
+        return F.cross_entropy(logits, y, **kwargs)
+    return (F.cross_entropy(logits, y, reduction="none", **kwargs) * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def train_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, weight: torch.Tensor | None = None,
+                 weight_decay: float | None = None, max_iter: int = 500, history: list | None = None) -> nn.Linear:
+    """Logistic regression on ``x`` (n, D), rows weighted by ``weight`` (sklearn's ``sample_weight``);
+    ``weight_decay`` defaults to ``1 / n`` (``1 / sum(weight)``), sklearn's C=1."""
     x, y = x.float(), y.long()
-    wd = 1.0 / len(x) if weight_decay is None else weight_decay
+    weight = None if weight is None else weight.double().to(x.device)
+    wd = (1.0 / (len(x) if weight is None else float(weight.sum()))) if weight_decay is None else weight_decay
     head = nn.Linear(x.shape[1], n_classes).to(x.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -32,7 +43,7 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, weight_dec
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(head(x), y) + wd / 2 * head.weight.pow(2).sum()
+        loss = cross_entropy(head(x), y, weight) + wd / 2 * head.weight.pow(2).sum()
         loss.backward()
         if history is not None:
             history.append(loss.item())
@@ -57,8 +68,9 @@ class MLP(nn.Module):
         return self.fc2(self.hidden(x))
 
 
-def train_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, hidden: int | None = None, epochs: int = 50,
-              lr: float = 0.1, batch_size: int = 2048, seed: int = 0, history: list | None = None) -> MLP:
+def train_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, weight: torch.Tensor | None = None,
+              hidden: int | None = None, epochs: int = 50, lr: float = 0.1, batch_size: int = 2048, seed: int = 0,
+              history: list | None = None) -> MLP:
     """ASVP's proxy recipe, from scratch; deterministic per ``seed``.
 
     Trained on the store's L2-normalised embeddings (ASVP feeds raw features; its ``feas_norm``
@@ -84,7 +96,7 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, hidden: int |
                 continue
             for group in opt.param_groups:
                 group["lr"] = lr * math.cos(7 * math.pi / 16 * step / total)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = cross_entropy(model(x[idx]), y[idx], None if weight is None else weight.to(x.device)[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

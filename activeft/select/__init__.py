@@ -11,7 +11,6 @@ coverage).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import re
@@ -26,7 +25,7 @@ from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision,
 from ..errors import ParameterError, StoreError, check
 from ..io import protocol, storage
 from ..io.store import EmbeddingStore, open_store
-from ..params import BOOL, TEXT, Rule, integer, one_of, optional, parsed
+from ..params import BOOL, TEXT, Rule, integer, merged_params, one_of, optional, parsed
 from ..runtime.runner import run
 from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
@@ -103,12 +102,7 @@ def _summary(sel, values: dict) -> str:
 
 def method_params() -> dict:
     """Every registered selector's parameters, each once (its help names the methods using it)."""
-    out: dict = {}
-    for name in list_selectors():
-        for key, p in get_selector(name).params.items():
-            out.setdefault(key, []).append((name, p))
-    return {k: dataclasses.replace(v[0][1], help="; ".join(f"{m}: {p.help} (default {p.default})" for m, p in v))
-            for k, v in out.items()}
+    return merged_params({name: get_selector(name).params for name in list_selectors()})
 
 
 @stage(RULES, output=KIND, flags={"output": ("-o",)},
@@ -116,7 +110,8 @@ def method_params() -> dict:
                        example="activeft select stores/pool --budget 1% --output sel/activeft --num-workers 8 "
                                "--use-gpu"),
        section=Section("select", fixed=("store", "output", "resume", "overwrite"),
-                       extra={"output": (str, "{output}/selection"), "params": (dict[str, Any], {})}))
+                       extra={"output": (str, "{output}/selection"), "params": (dict[str, Any], {})},
+                       methods=get_selector))
 def select(store, budget, *, output: str | None = None, method: str = "herding", num_workers: int = 1,
            use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, resume: bool = False,
            overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
