@@ -145,3 +145,13 @@ def test_finetune_weighs_rows_by_their_confidence(blob_store, tmp_path):
     a, b = (activeft.load_model(str(tmp_path / d))[0].head.weight.detach() for d in ("w", "c"))
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert weighted["config"]["weighted"] and not clean["config"]["weighted"]
+
+
+def test_the_loop_trains_its_final_model_on_propagated_labels(blob_store, tmp_path):
+    store, _, _ = blob_store
+    st = activeft.loop(store, state=str(tmp_path / "loop"), round_budget=6, rounds=2, oracle="store-labels",
+                       first="random", final="linear", final_labels="labelprop")
+    spread = json.loads((tmp_path / "loop" / "final" / "round-1-labelprop" / "calibration.json").read_text())
+    assert (spread["labeled"], spread["pseudo"], spread["selection"]) == (12, 288, None)
+    metrics = json.loads((tmp_path / "loop" / "final" / "round-1" / "metrics.json").read_text())
+    assert metrics["config"]["train_rows"] == 300 and metrics["config"]["weighted"] and st["final"]["mode"] == "linear"

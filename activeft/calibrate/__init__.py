@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import LabelsError
+from ..errors import LabelsError, ParameterError
 from ..io import protocol, storage
 from ..io.labels import check_against, class_indices, class_map, read_labels
 from ..io.store import EmbeddingStore, open_store
@@ -48,7 +48,7 @@ def method_params() -> dict:
 
 
 @stage({
-    "store": STORE, "selection": TEXT, "labels": TABLE, "output": optional(TEXT),
+    "store": STORE, "selection": optional(TEXT), "labels": TABLE, "output": optional(TEXT),
     "method": parsed(get_calibrator, "one of " + ", ".join(list_calibrators()), choices=list_calibrators),
     "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "overwrite": BOOL},
        output=KIND, flags={"output": ("-o",)},
@@ -58,19 +58,21 @@ def method_params() -> dict:
        section=Section("train.calibrate", fixed=("store", "selection", "labels", "overwrite"),
                        extra={"output": (str, "{output}/calibration"), "enabled": (bool, True),
                               "params": (dict[str, Any], {})}, always=True, methods=get_calibrator))
-def calibrate(store, *, selection, labels, output: str | None = None, method: str = "activedc", num_workers: int = 1,
-              use_gpu: bool = False, seed: int = 0, overwrite: bool = False, **params) -> pa.Table:
+def calibrate(store, *, labels, selection: str | None = None, output: str | None = None, method: str = "activedc",
+              num_workers: int = 1, use_gpu: bool = False, seed: int = 0, overwrite: bool = False,
+              **params) -> pa.Table:
     """Extend the labeled set with pseudo-labeled pool samples.
 
     Parameters
     ----------
     store : str or EmbeddingStore
         The embedding store the selection was made from.
-    selection : str
-        The selection directory whose ids were labeled.
     labels : str or pyarrow.Table
         ``id,label`` for the selected ids (CSV or Parquet; string or integer labels); for
         ``labelprop`` also the ids labeled before (earlier rounds, ``--exclude`` history), which count too.
+    selection : str, optional
+        The selection directory whose ids were labeled (``activedc`` needs it); for ``labelprop``
+        without one every id of ``labels`` is a labeled row.
     output : str, optional
         Directory where ``calibrated.parquet`` and ``calibration.json`` are written. In Python it
         may be None: the table is returned, nothing is written.
@@ -114,9 +116,9 @@ def calibrate(store, *, selection, labels, output: str | None = None, method: st
     start = time.perf_counter()
     calibrator = get_calibrator(method)(seed=seed, **params)
     store = open_store(store)
-    sel = read_selection(selection)
     table = read_labels(labels)
-    ids = _labeled_ids(table, sel.ids, calibrator)
+    sel = None if selection is None else read_selection(selection)
+    ids = _labeled_ids(table, sel, calibrator)
     classes = class_map(table.column("label"))
     if len(classes) < 2:
         raise LabelsError(f"the labels have a single class ({classes[0]!r}); calibration needs at least two")
@@ -131,7 +133,7 @@ def calibrate(store, *, selection, labels, output: str | None = None, method: st
         out = _table(store, ids, label_of, pseudo, classes, table.schema.field("label").type)
         metrics.inc("activeft_calibrate_pseudo_labels", len(pseudo.rows), stage="calibrate")
         truth = _truth(store, pseudo.rows, classes)
-        info = {**protocol.header(), "store": store.uri, "selection": sel.uri, "method": method,
+        info = {**protocol.header(), "store": store.uri, "selection": sel and sel.uri, "method": method,
                 "params": calibrator.config(), "classes": classes, "labeled": len(rows), "pseudo": len(pseudo.rows),
                 "per_class": {str(c): {"labeled": int((klass == j).sum()), "pseudo": int((pseudo.labels == j).sum())}
                               for j, c in enumerate(classes)}, **pseudo.info,
@@ -147,13 +149,19 @@ def calibrate(store, *, selection, labels, output: str | None = None, method: st
     return out
 
 
-def _labeled_ids(table: pa.Table, selected: list[str], calibrator: Calibrator) -> list[str]:
+def _labeled_ids(table: pa.Table, sel, calibrator: Calibrator) -> list[str]:
     """The labeled ids, the selection's first: exactly the selection, or (a method with ``history``) it and
-    any earlier labels."""
+    any earlier labels, or without a selection every id of the table."""
+    have = table.column("id").to_pylist()
+    if sel is None and calibrator.history:
+        return have
+    if sel is None:
+        raise ParameterError(f"calibration method {calibrator.name} needs the selection whose ids were labeled "
+                             "(--selection)")
+    selected = sel.ids
     if not calibrator.history:
         check_against(table, selected)
         return list(selected)
-    have = table.column("id").to_pylist()
     missing = sorted(set(selected) - set(have))
     if missing:
         raise LabelsError(f"{len(missing)} ids of the selection have no label in the labels table "

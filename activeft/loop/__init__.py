@@ -82,6 +82,7 @@ def _summary(st: dict, values: dict) -> str:
     "refresh": parsed(parse_refresh, "one of " + ", ".join(list_policies()), choices=list_policies),
     "refresh_mode": one_of("lp-ft", "full"), "refresh_epochs": optional(integer(1)),
     "final": one_of("auto", "linear", "lp-ft", "full", "none"), "final_threshold": integer(1),
+    "final_labels": one_of("labels", "labelprop"),
     "oracle": optional(one_of("store-labels")), "labels": optional(TABLE), "eval_store": optional(STORE),
     "num_workers": integer(1), "use_gpu": BOOL, "seed": integer(), "proxy_epochs": integer(1),
     "label_cost": number(0), "gpu_hour_cost": number(0), "cpu_hour_cost": number(0)},
@@ -91,8 +92,8 @@ def _summary(st: dict, values: dict) -> str:
                                                            "state": (str, "{output}/loop")}))
 def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy: str = "margin",
          first: str = "activeft", refresh: str = "never", refresh_mode: str = "lp-ft",
-         refresh_epochs: int | None = None, final: str = "auto",
-         final_threshold: int = 100, oracle: str | None = None, labels=None, eval_store=None, num_workers: int = 1,
+         refresh_epochs: int | None = None, final: str = "auto", final_threshold: int = 100,
+         final_labels: str = "labels", oracle: str | None = None, labels=None, eval_store=None, num_workers: int = 1,
          use_gpu: bool = False, seed: int = 0, proxy_epochs: int = 50, label_cost: float = 0.0,
          gpu_hour_cost: float = 3.0, cpu_hour_cost: float = 0.05, _stop_at: str | None = None) -> dict:
     """Run (or continue) the multi-round loop recorded in ``state``; return the state.
@@ -122,6 +123,9 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
         The final model: auto is LP-FT below ``final_threshold`` labels per class, full above.
     final_threshold : int, default=100
         Labels per class from which auto picks full finetuning.
+    final_labels : str, default="labels"
+        What the final model trains on: the labels, or (``labelprop``) every pool row labeled by label
+        propagation from them (``activeft.calibrate(method="labelprop")``), weighted by confidence.
     oracle : "store-labels", optional
         Take labels from the store's ``label`` column (benchmarks).
     labels : str, optional
@@ -175,13 +179,13 @@ def loop(store, *, state: str, round_budget, rounds: int | None = None, strategy
     eval_uri = eval_store and open_store(eval_store).uri
     settings = {"store": pool.uri, "strategy": strategy, "first": first, "refresh": refresh,
                 "refresh_mode": refresh_mode, "refresh_epochs": refresh_epochs, "final": final,
-                "final_threshold": final_threshold, "oracle": oracle,
+                "final_threshold": final_threshold, "final_labels": final_labels, "oracle": oracle,
                 "labels": labels if labels is None else str(labels), "seed": seed, "proxy_epochs": proxy_epochs,
                 "eval_store": eval_uri}
     setup = Setup(state, pool, Labels(state, pool, labels, oracle is not None), policy, strategy=strategy, first=first,
                   refresh_mode=refresh_mode, refresh_epochs=refresh_epochs, eval_store=eval_uri, final=final,
-                  final_threshold=final_threshold, seed=seed, proxy_epochs=proxy_epochs, num_workers=num_workers,
-                  use_gpu=use_gpu, stop_at=_stop_at)
+                  final_threshold=final_threshold, final_labels=final_labels, seed=seed, proxy_epochs=proxy_epochs,
+                  num_workers=num_workers, use_gpu=use_gpu, stop_at=_stop_at)
     st = LoopState({**settings, "budgets": budgets},
                    {"label": label_cost, "gpu_hour": gpu_hour_cost, "cpu_hour": cpu_hour_cost})
     with protocol.writing(state, LOOP, settings, resume=True) as out:

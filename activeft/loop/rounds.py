@@ -49,6 +49,7 @@ class Setup:
     eval_store: str | None
     final: str
     final_threshold: int
+    final_labels: str
     seed: int
     proxy_epochs: int
     num_workers: int
@@ -154,7 +155,8 @@ def _probe(store: EmbeddingStore, given: pa.Table, eval_store: str) -> float:
 
 def final_model(setup: Setup, st: LoopState) -> dict | None:
     """The final model on all labels (``STATE/final/round-N``, after round N): ``final``, or with
-    ``auto`` LP-FT below ``final_threshold`` labels per class and full finetuning from there."""
+    ``auto`` LP-FT below ``final_threshold`` labels per class and full finetuning from there; on the labels, or
+    with ``final_labels="labelprop"`` on every pool row labeled by label propagation (``final/round-N-labelprop``)."""
     if setup.final == "none":
         return None
     from ..finetune import finetune
@@ -168,7 +170,13 @@ def final_model(setup: Setup, st: LoopState) -> dict | None:
         per_class = given.num_rows / max(1, len(class_map(given.column("label"))))
         mode = "lp-ft" if per_class < setup.final_threshold else "full"
     uri = storage.join(setup.state, "final", f"round-{len(st.rounds) - 1}")
-    info = finetune(setup.pool, train=given, output=uri, mode=mode, val_store=setup.eval_store,
+    train = given
+    if setup.final_labels == "labelprop":
+        from ..calibrate import calibrate
+
+        train = calibrate(setup.pool, labels=given, method="labelprop", seed=setup.seed, num_workers=setup.num_workers,
+                          use_gpu=setup.use_gpu, output=f"{uri}-labelprop", overwrite=True)
+    info = finetune(setup.pool, train=train, output=uri, mode=mode, val_store=setup.eval_store,
                     num_workers=setup.num_workers, use_gpu=setup.use_gpu, seed=setup.seed, resume=True)
     account = Account()  # the run's own seconds: also those of a run an earlier call finished
     account.add("final", info["seconds"], setup.num_workers, setup.use_gpu)
