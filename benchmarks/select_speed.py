@@ -17,6 +17,9 @@ Parts (``--only``, comma-separated; default all but ``ray``):
   parameters by method: ``--params``; with the coverage report; one worker, in process, no Ray) on
   a store of ``--select-n`` rows (float16 on CUDA).
 - ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
+- ``labelprop``: ``activeft.calibrate(method="labelprop")`` end to end (1% of the ``--select-n`` rows
+  labeled, 10 classes) against its floor, the 10-neighbour graph alone (``engine.knn_graph``), with
+  the peak memory of both (opt-in).
 - ``profile``: where one whole-pool step and one Lloyd iteration spend their time in each
   precision: the operators with the most self time on the device (``torch.profiler``; opt-in).
 
@@ -290,6 +293,38 @@ def part_select(a, device):
     return rows
 
 
+def part_labelprop(a, device):
+    """Label propagation end to end against the neighbour graph it spreads over, seconds and peak memory."""
+    import pyarrow as pa
+
+    import activeft
+    from activeft.engine.graph import knn_graph
+
+    n = a.select_n
+    x = data(n, a.d, seed=5)
+    labeled = torch.randperm(n, generator=torch.Generator().manual_seed(2))[:max(10, n // 100)]
+    classes = (x[labeled] @ torch.randn(a.d, 10, generator=torch.Generator().manual_seed(3))).argmax(1)
+    row = {"N": n, "D": a.d, "labeled": len(labeled)}
+    with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+        np.save(f"{d}/x.npy", x.numpy())
+        with open(f"{d}/ids.txt", "w") as f:
+            f.write("\n".join(f"r{i}" for i in range(n)))
+        store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
+        labels = pa.table({"id": [f"r{i}" for i in labeled.tolist()], "label": classes.tolist()})
+
+        def timed(key, fn):
+            t = time.perf_counter()
+            row[f"{key}_peak_bytes"] = peak_bytes(fn, device)
+            row[f"{key}_s"] = time.perf_counter() - t
+
+        timed("graph", lambda: knn_graph(Pool(x.to(device), 0, n), Collectives(), 10))
+        timed("labelprop", lambda: row.update(pseudo=activeft.calibrate(store, labels=labels, method="labelprop",
+                                                                        use_gpu=device.type == "cuda").num_rows))
+    row["ratio"] = row["labelprop_s"] / row["graph_s"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def part_ray(a, device):
     import ray
 
@@ -348,6 +383,10 @@ def table(result: dict) -> str:
         what = f"{r['iterations']} it." if r["method"] == "activeft" else f"B {r['B']:,}"
         line("select", r["method"], f"{r['method']} end to end ({what}, N {r['N']:,}) / fit", r["wall_s"],
              r["select_s"], r["wall_s"] / r["select_s"], r)
+    if "labelprop" in result:
+        r = result["labelprop"]
+        line("labelprop", None, f"labelprop end to end (N {r['N']:,}) / 10-nn graph", r["labelprop_s"], r["graph_s"],
+             r["ratio"], r)
     for part, error in result.get("errors", {}).items():
         lines.append(f"{part:<10} FAILED: {error.splitlines()[-1]}")
     return "\n".join(lines)
@@ -401,6 +440,7 @@ def main():
     runs = {"step": lambda: part_step(a, x, theta), "minibatch": lambda: part_minibatch(a, x, theta),
             "lloyd": lambda: part_lloyd(a, x), "seeding": lambda: part_seeding(a, x),
             "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device),
+            "labelprop": lambda: part_labelprop(a, device),
             "profile": lambda: part_profile(a, x, theta)}
     for part in parts:
         t = time.perf_counter()

@@ -12,7 +12,7 @@ from sharding import sharded
 
 import activeft
 from activeft.cli import main
-from activeft.engine import Collectives, Pool
+from activeft.engine import Collectives, Pool, propagate
 from activeft.engine.graph import knn_graph
 from activeft.engine.propagate import spread_labels
 from activeft.errors import LabelsError
@@ -57,7 +57,7 @@ def test_spreading_is_the_reference_formula(alpha):
     assert (f.argmax(1).numpy() == y).mean() > 0.9
 
 
-def test_any_number_of_workers_gives_the_same_scores():
+def test_any_number_of_workers_gives_the_same_scores(monkeypatch):
     x, y = blobs(seed=1)
     x, rows = torch.from_numpy(x), torch.arange(0, 300, 30)
 
@@ -68,6 +68,9 @@ def test_any_number_of_workers_gives_the_same_scores():
     (one, info), = sharded(job, x, [0, 300])
     for f, i in sharded(job, x, [0, 97, 211, 300]):
         assert torch.equal(f, one) and i == info  # every bit, and the same stopping iteration
+    monkeypatch.setattr(propagate, "EDGES", 7)  # the edges in small blocks: the same sums
+    (f, i), = sharded(job, x, [0, 300])
+    assert torch.equal(f, one) and i == info
 
 
 @pytest.fixture
