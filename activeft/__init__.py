@@ -12,6 +12,7 @@ here, in pipeline order; each is ``activeft.<name>``.
 # (the stages in pipeline order: the order of the command line and of the configs)
 from .embed import embed  # noqa: F401  (each stage: public through __all__, from the table)
 from .embed.importer import import_embeddings  # noqa: F401
+from .dedup import dedup  # noqa: F401
 from .select import Selection, list_selectors, read_selection, select  # noqa: F401
 from .report import write_report  # noqa: F401
 from .export import export  # noqa: F401

@@ -172,7 +172,10 @@ def _section(title: str, png: str, note: str = "") -> str:
 def _summary(sel: Selection, n: int) -> str:
     cfg, info = sel.info.get("config", {}), sel.info
     rows = [("method", cfg.get("method")), ("budget", f"{info['budget']} of {n} ({100 * info['budget'] / n:.3g}%)"),
-            ("excluded (already labeled)", info.get("excluded", 0)), ("workers", cfg.get("num_workers")),
+            ("excluded (already labeled)", info.get("excluded", 0)),
+            *([(f"near-duplicates left out (dedup {cfg.get('dedup')})", info["dedup"]["dropped"])] if "dedup" in info
+              else []),
+            ("workers", cfg.get("num_workers")),
             ("seed", cfg.get("seed")), ("selection seconds", info.get("seconds_select")),
             ("store", info.get("store", {}).get("uri")), ("created", info.get("created"))]
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
@@ -313,3 +316,51 @@ def _class_balance(store: EmbeddingStore, sel_rows) -> str:
     ax.legend()
     return _section("Class balance", _png(fig), f"{int((sel_counts == 0).sum())} of {len(classes)} classes have no "
                                                 "selected sample.")
+
+
+def calibration_page(info: dict, table) -> str:
+    """The calibration report (``report.html`` beside ``calibration.json``): the labeled and the pseudo-labeled
+    rows of each class, the confidence of the pseudo-labels where the method gives one, and, when the store
+    has labels (a diagnostic only), their accuracy by confidence against the diagonal of perfect calibration."""
+    classes = [str(c) for c in info["classes"]]
+    counts = np.array([[info["per_class"][c]["labeled"], info["per_class"][c]["pseudo"]] for c in classes])
+    fig, ax = _figure("Rows per class", (7.5, 4))
+    pos = np.arange(len(classes))
+    ax.bar(pos, counts[:, 1], color="#1f77b4", label="pseudo-labeled")
+    ax.bar(pos, counts[:, 0], bottom=counts[:, 1], color="#d62728", label="labeled")
+    ax.set_xticks(pos, classes, rotation=45 if len(classes) > 8 else 0)
+    ax.legend()
+    acc = info.get("pseudo_label_accuracy")
+    rows = [("method", info["method"]), ("parameters", info["params"]), ("labeled", info["labeled"]),
+            ("pseudo-labeled", info["pseudo"]), ("seconds", info["seconds"]),
+            *([("pseudo-label accuracy (the store's labels; a diagnostic)", f"{acc:.3f}")] if acc is not None else [])]
+    sections = ["<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                                    for k, v in rows) + "</table>",
+                _section("Class balance", _png(fig), f"{int((counts.sum(1) == 0).sum())} of {len(classes)} classes "
+                                                     "have no row.")]
+    if "confidence" in table.column_names:
+        source = np.array(table.column("source").to_pylist())
+        confidence = table.column("confidence").to_numpy()[source == "pseudo"]
+        fig, ax = _figure("Confidence of the pseudo-labels")
+        ax.hist(confidence, bins=20, range=(0, 1), color="#1f77b4")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("rows")
+        sections.append(_section("Confidence", _png(fig), "Rows below the minimum confidence were left out."))
+    bins = [b for b in info.get("reliability") or [] if b["accuracy"] is not None]
+    if bins:
+        fig, ax = _figure("Reliability: accuracy of the pseudo-labels by confidence")
+        mid = [sum(b["confidence"]) / 2 for b in bins]
+        ax.plot([0, 1], [0, 1], "--", color="#7f7f7f", label="perfect calibration")
+        ax.plot(mid, [b["accuracy"] for b in bins], "o-", color="#d62728", label="pseudo-labels")
+        for x, b in zip(mid, bins, strict=True):
+            ax.annotate(str(b["rows"]), (x, b["accuracy"]), fontsize=7, textcoords="offset points", xytext=(0, 5))
+        ax.set_xlabel("confidence (bin centre; rows per bin marked)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+        sections.append(_section("Reliability", _png(fig), "From the store's own labels, which calibration never "
+                                                           "reads: a diagnostic."))
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>activeft calibration report</title>"
+            f"<style>{_CSS}</style></head><body><h1>Calibration report</h1>\n" + "\n".join(sections)
+            + "</body></html>\n")

@@ -87,21 +87,65 @@ def holdout_rows(rows: np.ndarray, holdout: int) -> np.ndarray:
 def split_holdout(store, holdout: int, root: str):
     """``(pool, validation)`` stores: ``store`` (training images ``train-NNNNN``, labeled) without and with
     the rows of :func:`holdout_rows`, written once under ``root`` and reused."""
-    import activeft
-
-    stores = {split: os.path.join(root, split) for split in ("pool", "test")}
-    if all(os.path.exists(os.path.join(s, "_manifest.json")) for s in stores.values()):
-        return activeft.EmbeddingStore(stores["pool"]), activeft.EmbeddingStore(stores["test"])
+    if stores := _written(root):
+        return stores
     table = store.read(columns=["id", "embedding", "label"])
     rows = np.array([int(i.split("-")[1]) for i in table.column("id").to_pylist()])
     held = np.isin(rows, holdout_rows(np.sort(rows), holdout))
+    return _write_splits(root, {"pool": table.filter(pa.array(~held)), "test": table.filter(pa.array(held))})
+
+
+def _written(root: str):
+    """The stores ``root/pool`` and ``root/test`` when both were written, else None."""
+    import activeft
+
+    paths = [os.path.join(root, split) for split in ("pool", "test")]
+    if all(os.path.exists(os.path.join(p, "_manifest.json")) for p in paths):
+        return tuple(activeft.EmbeddingStore(p) for p in paths)
+    return None
+
+
+def _write_splits(root: str, tables: dict):
+    """Import each ``{split: table}`` as the store ``root/split``; returns the stores in that order."""
+    import activeft
+
     os.makedirs(root, exist_ok=True)
     out = []
-    for split, mask in (("pool", ~held), ("test", held)):
+    for split, table in tables.items():
         path = os.path.join(root, f"{split}.parquet")
-        pq.write_table(table.filter(pa.array(mask)), path)
-        out.append(activeft.import_embeddings(path, stores[split], overwrite=True, partition_size=10_000))
+        pq.write_table(table, path)
+        out.append(activeft.import_embeddings(path, os.path.join(root, split), overwrite=True, partition_size=10_000))
     return tuple(out)
+
+
+def pool_variant(pool, test, spec: str):
+    """``(pool, test)`` of a pool variant, written once beside ``pool`` and reused.
+
+    ``classes:3,5,8``: both keep only those classes. ``longtail:R``: a long-tailed pool, the classes in
+    a fixed shuffled order keeping ``R ** (-rank / (C - 1))`` of their rows (the largest all, the smallest
+    ``1 / R``; rows drawn with a fixed seed), scored on the whole balanced ``test`` (as CIFAR-LT is).
+    """
+    kind, _, arg = spec.partition(":")
+    if kind not in ("classes", "longtail") or not arg:
+        raise ValueError(f"pool variant {spec!r}: expected classes:A,B,... or longtail:R")
+    root = f"{pool.uri}-{kind}{arg.replace(',', '_')}"
+    if stores := _written(root):
+        return stores
+    tables = {s: store.read(columns=["id", "embedding", "label"]) for s, store in (("pool", pool), ("test", test))}
+    labels = {s: t.column("label").to_numpy() for s, t in tables.items()}
+    if kind == "classes":
+        keep = [int(c) for c in arg.split(",")]
+        masks = {s: np.isin(y, keep) for s, y in labels.items()}
+    else:
+        classes = np.random.default_rng(3).permutation(np.unique(labels["pool"]))
+        rng, y = np.random.default_rng(4), labels["pool"]
+        mask = np.zeros(len(y), bool)
+        for rank, c in enumerate(classes):
+            rows = np.flatnonzero(y == c)
+            share = float(arg) ** (-rank / (len(classes) - 1))
+            mask[rng.choice(rows, max(1, round(share * len(rows))), replace=False)] = True
+        masks = {"pool": mask, "test": np.ones(len(labels["test"]), bool)}
+    return _write_splits(root, {s: tables[s].filter(pa.array(masks[s])) for s in tables})
 
 
 def build_stores(workdir: str, pool_size: int | None = None, test_size: int | None = None, dims: int = 64,
@@ -111,13 +155,11 @@ def build_stores(workdir: str, pool_size: int | None = None, test_size: int | No
     With ``holdout=N`` the second store is not the test set but N labeled images carved out of the
     training pool (a validation split for choosing hyperparameters); the pool is the rest.
     """
-    import activeft
 
     name = f"fmnist-pca{dims}-{pool_size or 'all'}-{test_size or 'all'}" + (f"-holdout{holdout}" if holdout else "")
     root = os.path.join(workdir, name)
-    stores = {split: os.path.join(root, split) for split in ("pool", "test")}
-    if all(os.path.exists(os.path.join(s, "_manifest.json")) for s in stores.values()):
-        return activeft.EmbeddingStore(stores["pool"]), activeft.EmbeddingStore(stores["test"])
+    if stores := _written(root):
+        return stores
     xtr, ytr = load("train")
     xte, yte = load("test")
     rows_tr, rows_te = subset(len(xtr), pool_size), subset(len(xte), test_size, seed=1)
@@ -126,13 +168,8 @@ def build_stores(workdir: str, pool_size: int | None = None, test_size: int | No
         rows_tr, rows_te, xte, yte = np.setdiff1d(rows_tr, val), val, xtr, ytr
     xtr, ytr, xte, yte = xtr[rows_tr], ytr[rows_tr], xte[rows_te], yte[rows_te]
     transform = whitened_pca(xtr, dims)  # fitted on the pool only, labels unused
-    out = []
-    for split, x, y, rows in (("pool", xtr, ytr, rows_tr), ("test", xte, yte, rows_te)):
-        os.makedirs(root, exist_ok=True)
-        prefix = "train" if split == "pool" or holdout else "test"
-        table = pa.table({"id": [f"{prefix}-{r:05d}" for r in rows],
-                          "embedding": list(transform(x)), "label": y})
-        path = os.path.join(root, f"{split}.parquet")
-        pq.write_table(table, path)
-        out.append(activeft.import_embeddings(path, stores[split], overwrite=True, partition_size=10_000))
-    return tuple(out)
+    return _write_splits(root, {split: pa.table({"id": [f"{prefix}-{r:05d}" for r in rows],
+                                                 "embedding": list(transform(x)), "label": y})
+                                for split, x, y, rows, prefix in (("pool", xtr, ytr, rows_tr, "train"),
+                                                                  ("test", xte, yte, rows_te,
+                                                                   "train" if holdout else "test"))})

@@ -77,7 +77,8 @@ def run_cell(pool, test, truth, method, budget, seed, workdir, params, protocols
     start = time.perf_counter()
     sel = activeft.select(pool, budget, method=select_method, seed=seed, output=os.path.join(base, "sel"),
                           overwrite=True, **params.get(method if method != "activedc" else "activeft", {}))
-    row = {"method": method, "budget": budget, "seed": seed, "select_s": round(time.perf_counter() - start, 2)}
+    row = {"method": method, "budget": budget, "seed": seed, "select_s": round(time.perf_counter() - start, 2),
+           "classes_hit": len({truth[i] for i in sel.ids})}
     labels = pa.table({"id": sel.ids, "label": [truth[i] for i in sel.ids]})
     train = labels
     if method == "activedc":
@@ -109,9 +110,9 @@ PROTOCOLS = {"labels": "accuracy", "labelprop": "accuracy_labelprop"}
 
 def table(rows, budgets, methods) -> str:
     """One row a method; a cell per budget: ``labels`` top-1 (mean ± std over seeds) and, where run, `` / ``
-    the ``labelprop`` one."""
-    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | selection s (B = {budgets[-1]}) | runs |",
-             "|---|" + "---|" * (len(budgets) + 2)]
+    the ``labelprop`` one; the classes the selections hit at the smallest budget (mean over seeds)."""
+    lines = ["| method | " + " | ".join(f"B = {b}" for b in budgets) + f" | classes hit (B = {budgets[0]}) "
+             f"| selection s (B = {budgets[-1]}) | runs |", "|---|" + "---|" * (len(budgets) + 3)]
     for m in methods:
         cells = []
         for b in budgets:
@@ -120,10 +121,13 @@ def table(rows, budgets, methods) -> str:
                 acc = [r[key] * 100 for r in rows if r["method"] == m and r["budget"] == b and key in r]
                 parts += [f"{np.mean(acc):.1f} ± {np.std(acc):.1f}"] if acc else []
             cells.append(" / ".join(parts))
+        first = [r["classes_hit"] for r in rows if r["method"] == m and r["budget"] == budgets[0]
+                 and "classes_hit" in r]
         last = [r for r in rows if r["method"] == m and r["budget"] == budgets[-1]]
         secs = [r["select_s"] + r.get("calibrate_s", 0) for r in last]
         runs = len({r["seed"] for r in rows if r["method"] == m})
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(secs):.1f} | {runs} |")
+        hit = f"{np.mean(first):.1f}" if first else "-"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {hit} | {np.mean(secs):.1f} | {runs} |")
     return "\n".join(lines)
 
 
@@ -162,6 +166,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model", help="embed with this timm backbone instead of the PCA features")
     p.add_argument("--pretrained", default="hub", help="weights for --model: hub or a path")
     p.add_argument("--image-size", type=int, help="input side for --model (default: the model's own)")
+    p.add_argument("--pool-variant", help="classes:A,B,... (those classes only) or longtail:R (class sizes falling "
+                                          "to 1/R, scored on the balanced split): fashion_mnist.pool_variant")
     p.add_argument("--protocols", default="labels,labelprop", help="labels (the selected labels only) and/or "
                                                                      "labelprop (the labels spread over the pool)")
     p.add_argument("--params", default="{}", help="JSON of parameters by method (and 'calibrate', 'labelprop'), e.g. "
@@ -175,7 +181,8 @@ def main(argv=None) -> dict:
         rows = [r for part in parts for r in part["rows"]]
         budgets = sorted({r["budget"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        return fashion_mnist.write_result({**{k: parts[0][k] for k in ("features", "scored_on", "pool", "test")},
+        return fashion_mnist.write_result({**{k: parts[0].get(k) for k in ("features", "pool_variant", "scored_on",
+                                                                            "pool", "test")},
                                            "params": [part["params"] for part in parts], "merged": args.merge,
                                            "rows": rows, "table": table(rows, budgets, methods)}, args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -189,6 +196,8 @@ def main(argv=None) -> dict:
             pool, test = fashion_mnist.split_holdout(pool, args.holdout, f"{pool.uri}-holdout{args.holdout}")
     else:
         pool, test = fashion_mnist.build_stores(args.workdir, args.pool_size, args.test_size, holdout=args.holdout)
+    if args.pool_variant:
+        pool, test = fashion_mnist.pool_variant(pool, test, args.pool_variant)
     truth = dict(zip(pool.ids(), pool.read(columns=["label"]).column("label").to_pylist(), strict=True))
     params = json.loads(args.params)
     rows = []
@@ -199,7 +208,7 @@ def main(argv=None) -> dict:
                                      args.protocols.split(",")))
                 log.info("%s", json.dumps(rows[-1]))
     return fashion_mnist.write_result({
-        "features": args.model or "pca64",
+        "features": args.model or "pca64", "pool_variant": args.pool_variant or "all",
         "scored_on": f"validation split of {args.holdout} pool images" if args.holdout else "test set",
         "pool": len(pool), "test": len(test), "params": params, "protocols": args.protocols.split(","), "rows": rows,
         "table": table(rows, budgets, methods), "wins_over_kmeans": wins(rows)},

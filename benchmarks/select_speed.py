@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -293,6 +294,41 @@ def part_select(a, device):
     return rows
 
 
+def part_scale(a, device):
+    """How the default selector's cost grows with the pool: 1% of each of ``--scale-n`` rows, flat
+    (``partitions="off"``, up to ``--flat-up-to`` rows) and hierarchical (cells of ``--cell-rows``),
+    seconds, peak memory and coverage."""
+    import activeft
+    from activeft.select import cells
+
+    rows = []
+    for n in (int(v) for v in a.scale_n.split(",")):
+        with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+            np.save(f"{d}/x.npy", data(n, a.d, seed=5).numpy())
+            with open(f"{d}/ids.txt", "w") as f:
+                f.write("\n".join(f"r{i}" for i in range(n)))
+            store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
+            parts = max(2, math.ceil(n / (a.cell_rows or cells.CELL_ROWS)))
+            for partitions in (["off"] if n <= a.flat_up_to else []) + [parts]:
+                out = {}
+
+                def go(store=store, n=n, partitions=partitions, out=out):
+                    t = time.perf_counter()
+                    out["sel"] = activeft.select(store, n // 100, method=a.methods.split(",")[0],
+                                                 partitions=partitions, use_gpu=device.type == "cuda")
+                    out["wall_s"] = time.perf_counter() - t
+
+                peak = peak_bytes(go, device)
+                info = out["sel"].info
+                rows.append({"method": info["config"]["method"], "N": n, "D": a.d, "B": n // 100,
+                             "partitions": partitions, "wall_s": round(out["wall_s"], 1),
+                             "peak_gb": round(peak / 1e9, 2), "coverage": info["coverage"],
+                             "coverage_random": info["coverage_random"],
+                             "seconds_partition": info.get("partitions", {}).get("seconds_partition")})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def part_labelprop(a, device):
     """Label propagation end to end against the neighbour graph it spreads over, seconds and peak memory."""
     import pyarrow as pa
@@ -412,6 +448,9 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default=None, help="where the end-to-end store is written (default: tmp)")
     p.add_argument("--threads", type=int, help="torch and faiss threads (default: torch's)")
+    p.add_argument("--scale-n", default="250000,500000,1000000,2000000,4000000", help="pool rows of --only scale")
+    p.add_argument("--flat-up-to", type=int, default=1_000_000, help="--only scale: flat selection up to these rows")
+    p.add_argument("--cell-rows", type=int, help="--only scale: rows per cell (default: the product's CELL_ROWS)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -440,7 +479,7 @@ def main():
     runs = {"step": lambda: part_step(a, x, theta), "minibatch": lambda: part_minibatch(a, x, theta),
             "lloyd": lambda: part_lloyd(a, x), "seeding": lambda: part_seeding(a, x),
             "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device),
-            "labelprop": lambda: part_labelprop(a, device),
+            "labelprop": lambda: part_labelprop(a, device), "scale": lambda: part_scale(a, device),
             "profile": lambda: part_profile(a, x, theta)}
     for part in parts:
         t = time.perf_counter()

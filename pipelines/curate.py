@@ -21,7 +21,7 @@ log = logging.getLogger("activeft.pipeline")
 
 
 def run(cfg):
-    """Curate: embed -> select -> report -> export."""
+    """Curate: embed -> select (after dedup, with select.dedup) -> report -> export."""
     cfg.require("embed", "select")
     e, s, r, x = cfg.embed, cfg.select, cfg.report, cfg.export
     p = Pipeline(cfg)
@@ -33,6 +33,10 @@ def run(cfg):
                 storage.join(s.output, REPORT), {"select": s, "report": r})
     p.stage("export", lambda: export(s.output, **x.model_dump()), storage.join(x.output, EXPORTED),
             {"select": s, "export": x})
+    if s.dedup is not None:
+        info = storage.read_json(storage.join(s.output, SELECTION))
+        log.info("curate: %d near-duplicates (of the pool or of labeled images) left out at dedup %g",
+                 info["dedup"]["dropped"], s.dedup)
     log.info("curate: selection %s; report %s; annotation export %s", s.output,
              storage.join(s.output, REPORT) if r.enabled else "off", x.output)
     return p.state

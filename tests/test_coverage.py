@@ -14,6 +14,7 @@ from activeft.engine import (
     Pool,
     exact_scores,
     generator,
+    greedy_cover,
     k_center_greedy,
     kmeans,
     knn_graph,
@@ -120,6 +121,51 @@ def test_three_workers_select_the_same_as_one(method):
     parts = sharded(lambda pool, comm: fit(x, method, 20, [11, 12], comm=comm, pool=pool, **params), x,
                     [0, 100, 250, 360])
     assert all(p == one for p in parts) and len(set(one)) == 20 and not {11, 12} & set(one)
+
+
+def sequential_cover(rows, w, budget, exclude=()):
+    """The plain greedy over the whole graph (each row's edges plus itself at weight 1): every gain recomputed
+    per pick, the highest first, ties to the smaller row (the greedy before exchanges were batched)."""
+    t = np.concatenate([np.arange(len(rows))[:, None], rows.clamp(min=0).numpy()], 1)
+    wt = np.concatenate([np.ones((len(rows), 1)), np.where(rows.numpy() >= 0, w.numpy(), 0.0)], 1)
+    cover, taken, picks = np.zeros(len(rows)), np.zeros(len(rows), bool), []
+    for i in exclude:
+        np.maximum.at(cover, t[i], wt[i])
+        taken[i] = True
+    for _ in range(budget):
+        gain = np.where(taken, -np.inf, np.clip(wt - cover[t], 0, None).sum(1))
+        i = int(np.argmax(gain))  # the first maximum: the smaller row
+        assert gain[i] > 0, "the graph is covered: a smaller budget"
+        picks.append(i)
+        taken[i] = True
+        np.maximum.at(cover, t[i], wt[i])
+    return picks
+
+
+class Counting(Collectives):
+    gathers = 0
+
+    def all_gather(self, t):
+        self.gathers += 1
+        return super().all_gather(t)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 64])
+def test_batched_greedy_picks_the_sequential_greedys_rows(batch):
+    """Kernel weights, and 0/1 ball weights (integer gains, many ties): the same picks for any batch and any
+    number of workers, with far fewer exchanges than picks."""
+    x = blobs(360, seed=4)
+    rows, d2 = knn_graph(Pool(x, 0, len(x)), Collectives(), 40)
+    for w in (torch.exp(-d2.double() / 0.3), (d2 <= 0.4).double()):
+        expected = sequential_cover(rows, w, 40, exclude=[5, 17])
+        comm = Counting()
+        one = greedy_cover(Pool(x, 0, len(x)), comm, rows, w, 40, generator(0), [5, 17], batch=batch)[0]
+        assert one.tolist() == expected, comm.gathers
+        assert comm.gathers <= (40 if batch == 1 else 20)
+        parts = sharded(lambda pool, c, w=w: greedy_cover(pool, c, rows[pool.offset:pool.offset + len(pool.x)],
+                                                          w[pool.offset:pool.offset + len(pool.x)], 40, generator(0),
+                                                          [5, 17], batch=batch)[0].tolist(), x, [0, 100, 250, 360])
+        assert all(p == expected for p in parts)
 
 
 def test_bilaf_fills_a_class_short_of_its_share_farthest_first(caplog):

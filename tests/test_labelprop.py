@@ -96,6 +96,8 @@ def test_labelprop_labels_every_row_with_its_confidence(blob_store, tmp_path):
     assert info["method"] == "labelprop" and info["params"]["neighbours"] == 10 and info["pseudo"] == 291
     assert info["pseudo_label_accuracy"] > 0.9
     assert sum(b["rows"] for b in info["reliability"]) == 291
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert all(f"<h2>{h}</h2>" in page for h in ("Class balance", "Confidence", "Reliability")) and "291" in page
 
     confident = activeft.calibrate(store, selection=sel.uri, labels=labels, method="labelprop", min_confidence=0.9)
     assert all(c >= 0.9 for c in confident.column("confidence").to_pylist())

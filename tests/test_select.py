@@ -21,7 +21,7 @@ from reference import official_loss, official_select
 import activeft
 from activeft.config import load_config
 from activeft.engine import Collectives, Pool, greedy_unique, kmeans, search
-from activeft.errors import ConfigError, OutputExistsError, ParameterError
+from activeft.errors import ActiveftError, ConfigError, OutputExistsError, ParameterError
 from activeft.params import Param, Rule, integer, validate
 from activeft.select import get_selector, list_selectors, registry, resolve_budget
 from activeft.select.activeft import loss_and_grad
@@ -284,6 +284,14 @@ def test_kmeans_inertia_within_one_percent_of_faiss(store):
     assert h2 == sorted(h2, reverse=True)  # Lloyd never increases the inertia
 
 
+def test_kmeans_restarts_keep_the_lowest_inertia(store):
+    three = activeft.select(store, 12, method="kmeans", restarts=3, seed=1, iterations=20)
+    inertias, kept = three.info["restart_inertias"], three.info["restart_kept"]
+    assert len(set(inertias)) == 3 and inertias[kept] == min(inertias)
+    alone = activeft.select(store, 12, method="kmeans", seed=3 + kept, iterations=20)  # restart r: seed x 3 + r
+    assert alone.ids == three.ids and alone.info["inertia_history"][-1] == inertias[kept]
+
+
 def test_budget_parsing():
     assert resolve_budget("1%", 6000) == resolve_budget("0.01", 6000) == resolve_budget(0.01, 6000) == 60
     assert resolve_budget(60, 6000) == resolve_budget("60", 6000) == 60
@@ -318,6 +326,20 @@ def test_worker_failure_resumes_from_checkpoint(store, tmp_path):
     assert failed.info["resumed_from_iteration"] == 30 and clean.info["resumed_from_iteration"] is None
     assert failed.ids == clean.ids
     np.testing.assert_allclose(failed.info["loss_history"], clean.info["loss_history"], rtol=1e-6)
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(120)
+def test_workers_the_cluster_cannot_give_fail_in_the_declared_time(store, tmp_path, monkeypatch):
+    """Ray Train alone waits for a worker group forever; a run waits ACTIVEFT_WORKER_WAIT_S, then says so."""
+    monkeypatch.setenv("ACTIVEFT_WORKER_WAIT_S", "3")  # the session's Ray has 2 CPUs
+    with pytest.raises(ActiveftError, match=r"^waited 3 s for 3 Ray Train workers \(1 CPU each\) and the cluster "
+                                            r"did not provide them: .*\(ACTIVEFT_WORKER_WAIT_S\)$"):
+        activeft.select(store, 5, method="random", num_workers=3, output=str(tmp_path / "sel"))
+    assert not os.path.exists(tmp_path / "sel" / "selection.json")
+    monkeypatch.setenv("ACTIVEFT_WORKER_WAIT_S", "soon")
+    with pytest.raises(ActiveftError, match=r"^ACTIVEFT_WORKER_WAIT_S='soon': expected a positive number"):
+        activeft.select(store, 5, method="random", num_workers=2)
 
 
 def test_resume_continues_a_stopped_run(store, tmp_path):

@@ -82,7 +82,7 @@ def test_a_new_stage_reaches_api_cli_config_and_pipeline(note, tmp_path, capsys)
 
 def test_every_stage_is_declared_once_and_public():
     names = [s.name for s in stages.list_stages()]
-    assert names[:3] == ["embed", "import_embeddings", "select"] and len(set(names)) == len(names)
+    assert names[:4] == ["embed", "import_embeddings", "dedup", "select"] and len(set(names)) == len(names)
     for entry in stages.list_stages():
         assert getattr(activeft, entry.fn.__name__) is entry.fn
         assert entry.fn.__name__ in activeft.__all__

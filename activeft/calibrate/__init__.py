@@ -8,7 +8,8 @@ the pool's nearest-neighbour graph, :mod:`.labelprop`). Writes ``calibrated.parq
 labeled sample a pseudo-label came from; label propagation's ``confidence``) and, last,
 ``calibration.json`` (method, parameters, class map, per-class counts, the method's statistics and,
 only as a diagnostic when the store has labels, the pseudo-labels' accuracy, by confidence where
-the method gives one). The table is the training set the finetune stage takes.
+the method gives one), with ``report.html`` (per-class counts, confidence and reliability plots). The
+table is the training set the finetune stage takes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..io import protocol, storage
 from ..io.labels import check_against, class_indices, class_map, read_labels
 from ..io.store import EmbeddingStore, open_store
 from ..params import BOOL, STORE, TABLE, TEXT, integer, merged_params, optional, parsed
+from ..report import REPORT, calibration_page
 from ..runtime import metrics
 from ..select import read_selection
 from ..stages import Command, Section, stage
@@ -34,7 +36,7 @@ from .methods import Calibrator, Pseudo, get_calibrator, list_calibrators
 log = logging.getLogger(__name__)
 CALIBRATION = "calibration.json"
 CALIBRATED = "calibrated.parquet"
-KIND = protocol.Kind("calibration", CALIBRATION, r"calibrated\.parquet|calibration\.json")
+KIND = protocol.Kind("calibration", CALIBRATION, r"calibrated\.parquet|calibration\.json|report\.html")
 
 
 def _summary(table, values: dict) -> str:
@@ -141,6 +143,7 @@ def calibrate(store, *, labels, selection: str | None = None, output: str | None
                 "reliability": _reliability(truth, pseudo), "seconds": round(time.perf_counter() - start, 3)}
         if output is not None:
             storage.write_parquet(dest.join(CALIBRATED), out)
+            storage.write_bytes(dest.join(REPORT), calibration_page(info, out).encode())
             dest.commit(info)  # files.json, then calibration.json (last), then the swap on --overwrite
     acc = info["pseudo_label_accuracy"]
     log.info("calibrate: %s: %d labeled + %d pseudo-labeled in %.1f s%s", method, len(rows), len(pseudo.rows),

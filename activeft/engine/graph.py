@@ -15,7 +15,9 @@ received, O(N / W x m) memory.
 ``cover_j`` to ``w_ij``; ties to the smaller row. ProbCover (0/1 ball weights: the gain is the
 out-degree into uncovered rows) and MaxHerding (kernel weights) both run on it. After the first
 pass only the rows with an edge into a row whose cover rose are re-scored: O(N m) to start,
-O(m^2) per pick (m = edges per row).
+O(m^2) per pick (m = edges per row). The ranks exchange their best rows in batches, one all-gather
+for many picks (lazy greedy: gains only fall), and pick exactly what the one-pick-at-a-time greedy
+picks.
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ import math
 import torch
 
 from .kcenter import k_center_greedy
-from .pool import Collectives, Pool, log_every, merge_topk
-from .search import FlatIndex, _fixed_sum
+from .pool import Collectives, Pool, all_sum, log_every, merge_topk
+from .search import (
+    FlatIndex,
+    _fixed_sum,
+    band_factors,
+    chunk_rows,
+    exact_scores,
+    products,
+    resolve_precision,
+    row_norms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +123,12 @@ def coverage_graph(pool: Pool, comm: Collectives, budget: int, m: int | None = N
     return rows, d2, radius
 
 
+BATCH = 64  # candidates each rank offers per exchange of greedy_cover
+
+
 def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: torch.Tensor, budget: int,
-                 g: torch.Generator, exclude=(), tag: str = "cover") -> tuple[torch.Tensor, torch.Tensor]:
+                 g: torch.Generator, exclude=(), tag: str = "cover",
+                 batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """``budget`` global rows by greedy coverage (module docstring) and the gain of each pick.
 
     ``targets`` (local rows x e, global rows, -1 for none) and ``weights`` (same shape, in [0, 1])
@@ -122,25 +137,24 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
     (O(N)). Once no row gains anything (the graph is covered), the rest are picked farthest-first
     from all picks (:func:`~.kcenter.k_center_greedy`, drawing from ``g``), with gain 0, and a
     warning says so.
+
+    Lazy and batched, one collective per exchange rather than two per pick: each rank offers its
+    ``batch`` best rows with their edges and the best gain left behind; every rank then replays the
+    greedy on the offered rows (their gains kept exact as the picks cover their targets) while the
+    best of them provably beats every row not offered (gains only fall; ties to the smaller row), so
+    the picks are the sequential greedy's, for any ``batch`` and number of workers.
     """
     dev = pool.device
     itself = torch.arange(len(targets), device=dev)[:, None] + pool.offset
     w = torch.cat([torch.ones_like(itself, dtype=torch.float64), torch.where(targets >= 0, weights.double(), 0.0)], 1)
     t = torch.cat([itself, targets.clamp(min=0)], 1)
+    e = t.shape[1]
     cover = torch.zeros(pool.size, dtype=torch.float64, device=dev)
     free = torch.ones(len(t), dtype=torch.bool, device=dev)
     # reverse edges: for each target row, the local rows pointing at it
     flat = t.flatten()
     by_target = torch.sort(flat, stable=True).indices
     starts = torch.searchsorted(flat[by_target], torch.arange(pool.size + 1, device=dev))
-
-    def pick_edges(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The out-edges of global ``rows``, from their ranks, on every rank."""
-        packed = torch.zeros(len(rows), 2, t.shape[1], dtype=torch.float64, device=dev)
-        mask, local = pool.local(torch.tensor(rows, dtype=torch.long))
-        packed[mask, 0], packed[mask, 1] = t[local].double(), w[local]
-        packed = comm.all_reduce(packed)
-        return packed[:, 0].long().flatten(), packed[:, 1].flatten()
 
     def raise_cover(to: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Raise ``cover[to]`` to ``value``; the local rows whose gain changed."""
@@ -152,37 +166,178 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
         if not len(to) or int((hi - lo).sum()) == 0:
             return torch.empty(0, dtype=torch.long, device=dev)
         spans = torch.repeat_interleave(lo - torch.cumsum(hi - lo, 0) + (hi - lo), hi - lo)
-        return torch.unique(by_target[spans + torch.arange(int((hi - lo).sum()), device=dev)] // t.shape[1])
+        return torch.unique(by_target[spans + torch.arange(int((hi - lo).sum()), device=dev)] // e)
 
-    def gains(rows: torch.Tensor) -> torch.Tensor:
-        return _fixed_sum((w[rows] - cover[t[rows]]).clamp_(min=0))
+    def gains(to: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return _fixed_sum((weight - cover[to]).clamp_(min=0))
+
+    def offer() -> torch.Tensor:
+        """This rank's ``batch`` best free rows (ties to the smaller row) as rows of
+        ``[gain, row, targets..., weights...]``, padded with gain -inf, and a last row ``[bound, first]``:
+        every row not offered gains at most ``bound``, and one that gains exactly ``bound`` is
+        ``first`` or after it."""
+        k = min(batch + 1, len(gain))
+        top = torch.topk(gain, k).values if k else gain.new_zeros(0)
+        bound = float(top[-1]) if k == batch + 1 else -torch.inf
+        above = torch.nonzero(gain > bound).flatten()
+        ties = torch.nonzero(gain == bound).flatten() if bound > -torch.inf else above[:0]
+        mine = torch.cat([above, ties[:batch - len(above)]])
+        first = float(ties[batch - len(above)] + pool.offset) if len(ties) > batch - len(above) else torch.inf
+        packed = torch.full((batch + 1, 2 + 2 * e), -torch.inf, dtype=torch.float64, device=dev)
+        packed[:len(mine), 0], packed[:len(mine), 1] = gain[mine], (mine + pool.offset).double()
+        packed[:len(mine), 2:2 + e], packed[:len(mine), 2 + e:] = t[mine].double(), w[mine]
+        packed[batch, :2] = torch.tensor([bound, first], dtype=torch.float64)
+        return packed
 
     exclude = torch.as_tensor(list(exclude), dtype=torch.long)
     if len(exclude):
-        to, value = pick_edges(exclude.tolist())
-        raise_cover(to, value)
-        _, local = pool.local(exclude)
+        mask, local = pool.local(exclude)
+        packed = torch.zeros(len(exclude), 2, e, dtype=torch.float64, device=dev)
+        packed[mask, 0], packed[mask, 1] = t[local].double(), w[local]
+        packed = comm.all_reduce(packed)
+        raise_cover(packed[:, 0].long().flatten(), packed[:, 1].flatten())
         free[local] = False
-    gain = torch.where(free, gains(torch.arange(len(t), device=dev)), -torch.inf)
-    chosen, got, every = [], [], log_every(budget)
-    for _ in range(budget):
-        i = int(torch.argmax(gain))  # the first of equal gains: the smaller row
-        v, r = merge_topk(gain[i].reshape(1, 1), torch.tensor([[pool.offset + i]]), comm, 1)
-        if float(v[0, 0]) <= 0:
+    gain = torch.where(free, gains(t, w), -torch.inf)
+    chosen, got, every, exchanges = [], [], log_every(budget), 0
+    while len(chosen) < budget:
+        offered = comm.all_gather(offer())  # (world, batch + 1, 2 + 2e): the one collective of an exchange
+        exchanges += 1
+        bounds, firsts = offered[:, batch, 0], offered[:, batch, 1]
+        offered = offered[:, :batch].reshape(-1, 2 + 2 * e)
+        offered = offered[offered[:, 0] > -torch.inf]
+        rows, to, weight = offered[:, 1].long(), offered[:, 2:2 + e].long(), offered[:, 2 + e:]
+        now, picks, changed = offered[:, 0].clone(), [], []
+        while len(chosen) < budget:
+            v = float(now.max()) if len(now) else -torch.inf
+            tied = torch.nonzero(now == v).flatten()
+            best = int(tied[torch.argmin(rows[tied])]) if len(tied) else -1  # ties to the smaller row
+            if v <= 0 or (picks and not bool(((v > bounds) | ((v == bounds) & (rows[best] < firsts))).all())):
+                break  # covered, or a row not offered might beat it: exchange again
+            picks.append(int(rows[best]))
+            chosen.append(picks[-1])
+            got.append(v)
+            changed.append(raise_cover(to[best], weight[best]))
+            now[best] = -torch.inf
+            left = now > -torch.inf
+            now[left] = gains(to[left], weight[left])
+            if comm.rank == 0 and len(chosen) % every == 0:
+                log.info("%s: %d/%d picked, gain %.4g, coverage %.4f", tag, len(chosen), budget, got[-1],
+                         float(cover.mean()))
+        if not picks:  # the best row gains nothing: the graph is covered
             if comm.rank == 0:
                 log.warning("%s: the graph is covered after %d of %d picks; the other %d are picked "
                             "farthest-first", tag, len(chosen), budget, budget - len(chosen))
             taken = [*exclude.tolist(), *chosen]
             rest = k_center_greedy(pool, comm, budget - len(chosen), g, taken, tag=f"{tag} (farthest-first)")
             return torch.tensor(chosen + rest.tolist()), torch.tensor(got + [0.0] * len(rest), dtype=torch.float64)
-        row = int(r[0, 0])
-        chosen.append(row)
-        got.append(float(v[0, 0]))
-        changed = raise_cover(*pick_edges([row]))
-        gain[changed] = torch.where(free[changed], gains(changed), -torch.inf)
-        mask, local = pool.local(torch.tensor([row]))
-        free[local], gain[local] = False, -torch.inf
-        if comm.rank == 0 and len(chosen) % every == 0:
-            log.info("%s: %d/%d picked, gain %.4g, coverage %.4f", tag, len(chosen), budget, got[-1],
-                     float(cover.mean()))
+        _, local = pool.local(torch.tensor(picks))
+        free[local] = False
+        changed = torch.unique(torch.cat([*changed, local]))
+        gain[changed] = torch.where(free[changed], gains(t[changed], w[changed]), -torch.inf)
+    log.debug("%s: %d picks in %d exchanges", tag, len(chosen), exchanges)
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(got, dtype=torch.float64)
+
+
+def border_probe(pool: Pool, centroids: torch.Tensor, cells: torch.Tensor, radius: float,
+                 slack: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, probe)``: for each local row ``x`` (of cell ``a``, its nearest of ``centroids``) the cells
+    ``b`` that may hold a row within ``radius`` of it: those with
+    ``|x - c_b|^2 - |x - c_j|^2 <= 2 radius |c_j - c_b| + slack`` (float64) for every cell ``j``, its
+    own among them; local rows and cells, sorted by cell.
+
+    Exact, not a heuristic: ``f(z) = |z - c_b|^2 - |z - c_j|^2`` is affine with gradient
+    ``2 (c_j - c_b)``, and a row ``y`` of ``b`` has ``f(y) <= 0`` for every ``j`` (``slack`` covers the
+    float32 rounding of its assignment), so ``|x - y| <= radius`` implies the condition: no pair within
+    ``radius`` escapes across a cell border. The test against ``j = a`` goes first; the pairs it leaves
+    are tested against every ``j``. Cost O(N C D / W) float64 products and O(N P C / W) for P cells
+    left per row (C cells), no collective.
+    """
+    c = centroids.detach().cpu().double()
+    n_cells = len(c)
+    between = torch.cdist(c, c)
+    c2 = (c * c).sum(1)
+    own = cells.cpu().long()
+    rows, probe, step = [], [], chunk_rows(n_cells, 8)
+    for lo in range(0, len(pool.x), step):
+        x = pool.x[lo:lo + step].cpu().double()
+        d2 = (x * x).sum(1, keepdim=True) + c2 - 2 * x @ c.T
+        a = own[lo:lo + len(x)]
+        gap = d2 - d2.gather(1, a[:, None]) - 2 * radius * between[a] - slack
+        gap[torch.arange(len(x)), a] = -1  # its own cell, whatever the rounding
+        i, b = (gap <= 0).nonzero(as_tuple=True)
+        keep = torch.ones(len(i), dtype=torch.bool)
+        for p in range(0, len(i), chunk_rows(n_cells, 8)):  # every cell j's border with b, not only a's
+            ip, bp = i[p:p + chunk_rows(n_cells, 8)], b[p:p + chunk_rows(n_cells, 8)]
+            g = d2[ip, bp][:, None] - d2[ip] - 2 * radius * between[bp] - slack
+            keep[p:p + len(ip)] = (g <= 0).all(1) | (bp == a[ip])
+        rows.append(i[keep] + lo)
+        probe.append(b[keep])
+    rows, probe = (torch.cat(rows), torch.cat(probe)) if rows else (torch.zeros(0, dtype=torch.long),) * 2
+    order = torch.sort(probe, stable=True).indices
+    return rows[order], probe[order]
+
+
+def within(pool: Pool, comm: Collectives, threshold: float, cells: torch.Tensor | None = None,
+           probe: tuple[torch.Tensor, torch.Tensor] | None = None, max_pairs: int = EDGES):
+    """``(src, dst, score)``: every pair of rows with inner product ``>= threshold``, ``src < dst``
+    (global rows), each once, found from the rank holding ``src``: the range-search twin of
+    :func:`neighbours`, over cells (one cell, the whole pool, by default). Each cell's rows are
+    gathered to every rank in blocks, once, and searched by the local rows that probe it
+    (``probe``: ``(local rows, cells)`` pairs, e.g. :func:`border_probe`; by default every row its own cell).
+
+    Candidates come in the pool's precision; every one within the error band of ``threshold``
+    (:func:`~.search.band_factors`) is re-scored exactly (:func:`~.search.exact_scores`) and kept when
+    that score is ``>= threshold``: the pairs are exactly those of the exact scores among the rows
+    searched, the same for any number of workers. No pair count is truncated: more than
+    ``max_pairs`` pairs raise ``ValueError`` on every rank. Memory: one block, one chunk of products
+    and the pairs.
+    """
+    n_local, dev = len(pool.x), pool.device
+    own = torch.zeros(n_local, dtype=torch.long, device=dev) if cells is None else cells.to(dev).long()
+    every_cell = pool.whole(own, comm).cpu()
+    counts = torch.bincount(every_cell)
+    members = torch.split(torch.sort(every_cell, stable=True).indices, counts.tolist())
+    if probe is None:
+        probe = torch.sort(own.cpu(), stable=True)
+        probe = (probe.indices, probe.values)
+    searched = probe[1] < len(counts)  # cells past the last non-empty one hold nothing to search
+    probe = (probe[0][searched], probe[1][searched])
+    queries = torch.split(probe[0], torch.bincount(probe[1], minlength=len(counts)).tolist())
+    precision = resolve_precision(pool.precision, dev)
+    a, b = band_factors(precision, "ip", pool.x.shape[1])
+    norm = row_norms(pool.x).max().double() if n_local else torch.zeros((), dtype=torch.float64, device=dev)
+    norm = float(comm.all_gather(norm.reshape(1).to(dev)).max())
+    floor = threshold - 2 * (a + b) * norm * norm  # candidates below it score below threshold exactly
+    src, dst, score, total = [], [], [], 0
+    for c in range(len(counts)):
+        q = queries[c].to(dev)
+        for lo in range(0, int(counts[c]), BLOCK):  # a collective: every rank takes part, with or without queries
+            block = members[c][lo:lo + BLOCK].to(dev)
+            vectors = pool.gather_rows(block, comm)
+            step = chunk_rows(len(block), 4, dev)
+            for qlo in range(0, len(q), step):
+                qs = q[qlo:qlo + step]
+                i, j = (products(pool.x[qs].float(), vectors, precision) >= floor).nonzero(as_tuple=True)
+                keep = block[j] > qs[i] + pool.offset
+                i, j = i[keep], j[keep]
+                exact = exact_scores(pool.x, vectors, j, "ip", rows=qs[i])
+                hit = exact >= threshold
+                src.append((qs[i] + pool.offset)[hit].cpu())
+                dst.append(block[j][hit].cpu())
+                score.append(exact[hit].cpu())
+            total = int(all_sum(float(sum(len(s) for s in src)), comm, dev))
+            if total > max_pairs:
+                raise ValueError(f"more than {max_pairs} pairs of rows score >= {threshold}; use a higher threshold")
+    empty = torch.empty(0, dtype=torch.long)
+    return (torch.cat(src) if src else empty, torch.cat(dst) if dst else empty,
+            torch.cat(score) if score else torch.empty(0))
+
+
+def gather_all(values: torch.Tensor, comm: Collectives, device=None) -> torch.Tensor:
+    """Every rank's 1-D ``values``, concatenated in rank order, on every rank (CPU; the collectives on
+    ``device``, the pool's)."""
+    sizes = comm.all_gather(torch.tensor([len(values)], device=device)).flatten().cpu()
+    padded = torch.zeros(int(sizes.max()), dtype=values.dtype, device=device)
+    padded[:len(values)] = values
+    parts = comm.all_gather(padded).cpu()
+    return torch.cat([parts[r, :int(n)] for r, n in enumerate(sizes.tolist())])

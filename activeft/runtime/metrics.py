@@ -18,6 +18,8 @@ METRICS = {
     "activeft_select_iteration": ("gauge", "Current iteration of the selection optimiser"),
     "activeft_select_loss": ("gauge", "ActiveFT loss of the current iteration"),
     "activeft_kmeans_inertia": ("gauge", "k-means inertia (sum of squared distances) of the current iteration"),
+    "activeft_dedup_duplicates": ("counter", "Near-duplicate rows found (not kept) by dedup or select --dedup"),
+    "activeft_dedup_groups": ("counter", "Near-duplicate groups found by dedup or select --dedup"),
     "activeft_calibrate_pseudo_labels": ("counter", "Pseudo-labeled samples added by calibration"),
     "activeft_train_loss": ("gauge", "Finetuning training loss of the last epoch"),
     "activeft_val_accuracy": ("gauge", "Finetuning validation top-1 accuracy of the last evaluation"),

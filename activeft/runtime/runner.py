@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -32,6 +33,9 @@ from ..io.store import EmbeddingStore
 from . import console, metrics
 
 log = logging.getLogger(__name__)
+WORKER_WAIT = "ACTIVEFT_WORKER_WAIT_S"  # the seconds a run may wait, in all, for its Ray Train workers
+DEFAULT_WORKER_WAIT_S = 600.0  # long enough for an autoscaler to add a GPU node
+ATTEMPT_S = 60.0  # Ray Train's start-up timeout per attempt (its default); attempts repeat within the wait
 on_gauge(metrics.set)  # the engine's gauges (k-means inertia) reach the Ray dashboard from every process that runs it
 
 
@@ -147,26 +151,41 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
     """Run ``loop(config)`` on a Ray Train worker group; its checkpoints and run state live in ``work``.
 
     Returns Ray Train's ``Result``. A rerun with the same ``work`` resumes from the latest
-    checkpoint (same ``RunConfig`` name and storage path).
+    checkpoint (same ``RunConfig`` name and storage path). Starting and restarting the worker group
+    may wait for resources :data:`WORKER_WAIT` seconds in all (Ray Train alone retries forever);
+    then the run fails in one line that says what it waited for.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
 
     from . import cluster
 
     cluster.init()
+    wait = worker_wait_s()
+    attempt = min(wait, ATTEMPT_S)
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{attempt:g}"  # Ray Train hands it to its controller
     storage_path, name = storage.absolute(work).rsplit("/", 1)
     trainer = TorchTrainer(
         loop, train_loop_config=config, datasets=datasets,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources_per_worker),
         run_config=RunConfig(name=name, storage_path=storage_path,
-                             failure_config=FailureConfig(max_failures=max_failures),
+                             failure_config=FailureConfig(max_failures=max_failures,
+                                                          controller_failure_limit=math.ceil(wait / attempt) - 1),
                              logging_config=LoggingConfig(log_level=console.ray_train_log_level()),
                              checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=2)))
     start = time.perf_counter()
     try:
         result = trainer.fit()
+    except ControllerError as e:
+        if not isinstance(e.controller_failure, WorkerGroupStartupTimeoutError):
+            raise
+        each = ", ".join(f"{v:g} {k}" for k, v in trainer.scaling_config._resources_per_worker_not_none.items())
+        raise ActiveftError(f"waited {wait:g} s for {num_workers} Ray Train workers ({each} each) and the cluster "
+                            f"did not provide them: free or add capacity, ask for fewer workers, or wait longer "
+                            f"({WORKER_WAIT})") from None
     except Exception as e:  # Ray Train's own checkpoint writes to an unreachable store: one line
         outage = storage.unavailable(work, e)
         if outage is None:
@@ -174,6 +193,18 @@ def train_group(loop, config: dict, *, num_workers: int, use_gpu: bool, work: st
         raise outage from e
     log.info("ray train: %d workers finished in %.1f s", num_workers, time.perf_counter() - start)
     return result
+
+
+def worker_wait_s() -> float:
+    """:data:`WORKER_WAIT` from the environment (default :data:`DEFAULT_WORKER_WAIT_S`)."""
+    value = os.environ.get(WORKER_WAIT, "").strip()
+    try:
+        wait = float(value) if value else DEFAULT_WORKER_WAIT_S
+    except ValueError:
+        wait = -1
+    if not (math.isfinite(wait) and wait > 0):
+        raise ActiveftError(f"{WORKER_WAIT}={value!r}: expected a positive number of seconds")
+    return wait
 
 
 def load_pool(store, rank: int, world: int, device, transform=None, precision: str | None = None) -> Pool:

@@ -21,19 +21,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..dedup import DUPLICATES, count, dedup_job, duplicates_table
 from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, sample_rows
+from ..engine.dedup import original, renumber, without
 from ..errors import ParameterError, StoreError, check
 from ..io import protocol, storage
+from ..io.ids import IDS, read_ids
 from ..io.store import EmbeddingStore, open_store
-from ..params import BOOL, TEXT, Rule, integer, merged_params, one_of, optional, parsed
+from ..params import BOOL, TEXT, Rule, integer, merged_params, number, one_of, optional, parsed
 from ..runtime.runner import run
 from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
+from .cells import parse_partitions, resolve_partitions, select_in_cells
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
 SELECTION = "selection.json"
-KIND = protocol.Kind("selection", SELECTION, r"selection\.(parquet|csv|json)|report\.html")  # (and the report)
+KIND = protocol.Kind("selection", SELECTION, r"selection\.(parquet|csv|json)|report\.html|duplicates\.parquet")
 
 __all__ = ["select", "Selection", "read_selection", "list_selectors", "get_selector", "resolve_budget"]
 
@@ -89,8 +93,8 @@ RULES = {
     "method": parsed(get_selector, "one of " + ", ".join(list_selectors()), choices=list_selectors),
     "num_workers": integer(1), "use_gpu": BOOL, "precision": optional(one_of(*PRECISIONS)), "seed": integer(),
     "checkpoint_every": integer(0),
-    "exclude": Rule(str | None, lambda v: v is None or isinstance(v, (str, list, tuple, np.ndarray)),
-                    "a table of ids or a list of ids"),
+    "partitions": parsed(parse_partitions, "auto, off or a number of cells >= 2", int | str),
+    "exclude": IDS, "dedup": optional(number(0, strict=True, maximum=1)), "dedup_keep": one_of("first", "central"),
     "resume": BOOL, "overwrite": BOOL}
 
 
@@ -113,7 +117,8 @@ def method_params() -> dict:
                        extra={"output": (str, "{output}/selection"), "params": (dict[str, Any], {})},
                        methods=get_selector))
 def select(store, budget, *, output: str | None = None, method: str = "kmeans", num_workers: int = 1,
-           use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, resume: bool = False,
+           use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, partitions="auto",
+           dedup: float | None = None, dedup_keep: str = "central", resume: bool = False,
            overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
     """Select ``budget`` samples of an embedding store to label.
 
@@ -148,6 +153,20 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         A ``.csv`` or ``.parquet`` table of the ids already labeled (an ``id`` column): never
         selected; ActiveFT keeps them as fixed centroids the new ones stay diverse from. In Python
         also a list of ids.
+    partitions : "auto", "off" or int, default="auto"
+        Hierarchical selection (:mod:`activeft.select.cells`): cut the pool into this many k-means
+        cells, split the budget over them by their rows and run the method inside each cell (cells in
+        parallel as Ray tasks, at most ``num_workers`` at a time; a resumed run redoes only unfinished
+        cells). The cost then grows with the pool, not with the pool times the budget, but no pick
+        sees across a cell border. ``auto``: cells of ~250,000 rows above 1,000,000 rows, else off.
+    dedup : float, optional
+        Near-duplicate threshold in (0, 1] (``activeft dedup``; its default is 0.98): of each group of
+        rows with cosine similarity >= this only one stays in the pool, a labeled (excluded) one if the
+        group has one, so no two selected rows, nor a selected and a labeled row, are that similar. The
+        others leave the pool before the method runs (they are not ``exclude``: nothing counts them as
+        labeled or covered); ``duplicates.parquet`` lists them and ``selection.json`` counts them.
+    dedup_keep : {"first", "central"}, default="central"
+        The row a group without a labeled row keeps: its first in the store, or the one nearest its mean.
     resume : bool
         Continue a stopped run in ``output`` from its last checkpoint.
     overwrite : bool
@@ -175,21 +194,42 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
     exclude_ids = read_ids(exclude, "exclude") if exclude is not None else []
     exclude_rows = np.sort(store.rows_of(exclude_ids, "excluded ids")) if exclude_ids else np.zeros(0, np.int64)
     budget = resolve_budget(budget, len(store))
-    available = len(store) - len(exclude_rows)
+    available = len(store) - len(exclude_rows)  # (less the duplicates, checked in the job)
     if budget > available:
         raise ParameterError(f"budget {budget} is larger than the pool of {len(store)} rows"
                              + (f" minus {len(exclude_rows)} excluded" if len(exclude_rows) else ""))
+    cells = resolve_partitions(partitions, len(store))
+    if cells and dedup is not None:
+        raise ParameterError("dedup with partitions: a near-duplicate pair can straddle two cells; dedup the store "
+                             "first (activeft dedup) or pass partitions='off'")
+    if cells > available:
+        raise ParameterError(f"partitions {cells} for a pool of {available} selectable rows: use fewer cells")
     config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
-              "num_workers": num_workers}
+              **({"partitions": cells} if cells else {}),
+              "num_workers": num_workers, **({"dedup": dedup, "dedup_keep": dedup_keep} if dedup else {})}
     import torch
 
     with protocol.writing(output, KIND, config, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return read_selection(output)  # resumed a run that had finished
         work = out.join("_work", "select") if output else None
-        job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows))
-        result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
-                     checkpoint_every=checkpoint_every, fail_at=_fail_at, precision=precision)
+        if cells:
+            result = select_in_cells(selector, store, budget, exclude_rows, cells, num_workers=num_workers,
+                                     use_gpu=use_gpu, work=work, resume=resume, precision=precision)
+            random_rows = sample_rows(len(store), budget, generator(seed + 1), torch.from_numpy(exclude_rows))
+            result["info"].update(run(functools.partial(_coverage_job, result["rows"], random_rows.tolist()), store,
+                                      num_workers=num_workers, use_gpu=use_gpu, precision=precision))
+        else:
+            dedup_args = None if dedup is None else (dedup, dedup_keep, seed)
+            job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows), dedup_args)
+            result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
+                         checkpoint_every=checkpoint_every, fail_at=_fail_at, precision=precision)
+        if "error" in result:
+            raise ParameterError(result["error"])
+        duplicates = None
+        if dedup is not None:
+            duplicates = duplicates_table(store, result.pop("duplicates"))
+            count(result["info"]["dedup"], "select")
         rows = np.asarray(result["rows"], dtype=np.int64)
         table = store.take(rows, [c for c in ("id", "uri") if c in store.columns])
         table = table.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))
@@ -201,28 +241,54 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
                 **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
         selection = Selection(table.column("id").to_pylist(), table, info, output)
         if output:
+            if duplicates is not None:
+                storage.write_parquet(out.join(DUPLICATES), duplicates)
             _write(out, selection)
     log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
              info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
     return selection
 
 
-def _select_job(selector: Selector, budget: int, exclude, pool, comm, checkpoints) -> dict:
-    """Runs on every worker: fit, then the coverage of the selection and of a random one."""
+def _select_job(selector: Selector, budget: int, exclude, dedup, pool, comm, checkpoints) -> dict:
+    """Runs on every worker: the near-duplicates leave the pool (``dedup``: threshold, keep rule, seed),
+    fit, then the coverage of the selection and of a random one (over the whole pool)."""
+    import torch
+
+    whole, found, dropped = pool, None, torch.zeros(0, dtype=torch.long)
+    if dedup is not None:
+        found = dedup_job(dedup[0], dedup[1], exclude, dedup[2], pool, comm, checkpoints)
+        if "error" in found:
+            return found
+        rows = torch.tensor(found["rows"], dtype=torch.long)
+        dropped = rows[~torch.isin(rows, exclude)]  # labeled rows stay (excluded), whatever their group
+        pool, exclude = without(pool, dropped), renumber(exclude, dropped)
+        if budget > pool.size - len(exclude):
+            return {"error": f"budget {budget} is larger than the pool of {whole.size} rows less {len(dropped)} "
+                             f"near-duplicates (dedup {dedup[0]})" + (f" and {len(exclude)} excluded"
+                                                                      if len(exclude) else "")}
     t0 = time.perf_counter()
     result = selector.fit(pool, comm, budget, exclude, checkpoints)
     seconds = time.perf_counter() - t0
-    rows = np.asarray(result.rows, dtype=np.int64)
+    rows = np.asarray(original(torch.as_tensor(result.rows, dtype=torch.long), dropped), dtype=np.int64)
     if len(rows) != budget or len(set(rows.tolist())) != budget:
         raise RuntimeError(f"{selector.name} returned {len(set(rows.tolist()))} distinct rows, not {budget}")
-    random_rows = sample_rows(pool.size, budget, generator(selector.seed + 1), exclude)
+    random_rows = original(sample_rows(pool.size, budget, generator(selector.seed + 1), exclude), dropped)
+    pool = whole
     t1 = time.perf_counter()
     covered = {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}
     return {"rows": rows.tolist(),
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {**result.info, "seconds_select": round(seconds, 3),
                      "precision": resolve_precision(pool.precision, pool.device), **covered,
-                     "seconds_coverage": round(time.perf_counter() - t1, 3)}}
+                     "seconds_coverage": round(time.perf_counter() - t1, 3),
+                     **({} if found is None else {"dedup": {**found["info"], "dropped": len(dropped)}})},
+            **({} if found is None else {"duplicates": found})}
+
+
+def _coverage_job(rows, random_rows, pool, comm, checkpoints) -> dict:
+    t0 = time.perf_counter()
+    return {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows),
+            "seconds_coverage": round(time.perf_counter() - t0, 3)}
 
 
 def coverage(pool, comm, rows) -> float:
@@ -232,18 +298,6 @@ def coverage(pool, comm, rows) -> float:
     feats = pool.gather_rows(torch.as_tensor(rows, dtype=torch.long), comm)
     _, sim = nearest(pool.x, feats, "ip", precision=pool.precision)
     return all_sum(float(sim.double().sum()), comm, pool.device) / pool.size
-
-
-def read_ids(source, what: str) -> list[str]:
-    """Ids from a ``.csv``/``.parquet`` table with an ``id`` column, or from a list; duplicates dropped."""
-    if isinstance(source, (list, tuple, np.ndarray)):
-        ids = [str(i) for i in source]
-    else:
-        table = storage.read_table(str(source))
-        if "id" not in table.column_names:
-            raise ParameterError(f"{what} table {source} has no 'id' column (columns: {', '.join(table.column_names)})")
-        ids = [str(i) for i in table.column("id").to_pylist() if i is not None]
-    return list(dict.fromkeys(ids))
 
 
 def _write(out: protocol.Output, selection: Selection) -> None:

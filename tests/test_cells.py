@@ -1,0 +1,80 @@
+"""Hierarchical selection (``select --partitions``): the budget split, the cells, resuming, Ray tasks."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import activeft
+from activeft.select import get_selector, list_selectors
+from activeft.select.cells import resolve_partitions, select_in_cells, split_budget
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_budget_split_by_rows_with_largest_remainders_and_small_cells_giving_all():
+    assert split_budget(np.array([50, 30, 20]), np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    # exact shares 3.33 each: the remainders tie, the smaller cell first
+    assert split_budget(np.array([10, 10, 10]), np.array([10, 10, 10]), 10).tolist() == [4, 3, 3]
+    # cell 0 has 2 free rows (the rest labeled): it gives both, the rest by the same rule
+    assert split_budget(np.array([60, 30, 10]), np.array([2, 30, 10]), 20).tolist() == [2, 14, 4]
+    got = split_budget(np.array([1, 1, 500, 7]), np.array([1, 0, 500, 7]), 509)
+    assert got.tolist() == [1, 0, 500, 7]
+
+
+def test_auto_cuts_only_large_pools():
+    assert resolve_partitions("off", 10**9) == 0 and resolve_partitions(7, 100) == 7
+    assert resolve_partitions("auto", 1_000_000) == 0 and resolve_partitions("auto", 1_000_001) == 5
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cells")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 12))[rng.integers(0, 6, 900)] + 0.5 * rng.normal(size=(900, 12))
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(900)], "embedding": list(x.astype("float32"))}),
+                   d / "e.parquet")
+    return activeft.import_embeddings(str(d / "e.parquet"), str(d / "store"), partition_size=300)
+
+
+@pytest.mark.parametrize("method", list_selectors())
+def test_cells_select_their_share_and_the_merge_is_deterministic(store, tmp_path, method):
+    labeled = [f"r{i}" for i in range(0, 900, 45)]
+    params = get_selector(method).test_params
+    sel = activeft.select(store, 30, method=method, partitions=4, exclude=labeled, output=str(tmp_path / "s"),
+                          **params)
+    again = activeft.select(store, 30, method=method, partitions=4, exclude=labeled, **params)
+    assert sel.ids == again.ids and len(set(sel.ids)) == 30 and not set(sel.ids) & set(labeled)
+    cells = sel.info["partitions"]["cells_table"]
+    assert [c["cell"] for c in cells] == [0, 1, 2, 3] and sum(c["rows"] for c in cells) == 900
+    assert sum(c["excluded"] for c in cells) == len(labeled) and sum(c["budget"] for c in cells) == 30
+    picked = sel.table.column("cell").to_numpy()
+    assert np.bincount(picked, minlength=4).tolist() == [c["budget"] for c in cells]
+    # round by round: the first picks of every cell come first
+    first = len([c for c in cells if c["budget"]])
+    assert sorted(picked[:first].tolist()) == [c["cell"] for c in cells if c["budget"]]
+    assert json.loads((tmp_path / "s" / "selection.json").read_text())["config"]["partitions"] == 4
+
+
+def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path):
+    selector = get_selector("kmeans")(seed=0, iterations=10)
+    work = str(tmp_path / "work")
+    args = dict(num_workers=1, use_gpu=False, work=work, precision=None)
+    whole = select_in_cells(selector, store, 24, np.zeros(0, np.int64), 3, resume=False, **args)
+    files = {c: os.path.join(work, "cells", f"{c}.json") for c in range(3)}
+    kept = {c: os.stat(f).st_mtime_ns for c, f in files.items() if c != 1}
+    os.remove(files[1])  # as if the run stopped before cell 1 finished
+    resumed = select_in_cells(selector, store, 24, np.zeros(0, np.int64), 3, resume=True, **args)
+    assert resumed["rows"] == whole["rows"] and os.path.exists(files[1])
+    assert {c: os.stat(files[c]).st_mtime_ns for c in kept} == kept
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_cells_as_ray_tasks_select_the_same_as_in_process(store):
+    one = activeft.select(store, 30, method="herding", partitions=3)
+    tasks = activeft.select(store, 30, method="herding", partitions=3, num_workers=2)
+    budgets = [[c["budget"] for c in s.info["partitions"]["cells_table"]] for s in (one, tasks)]
+    assert tasks.ids == one.ids and budgets[0] == budgets[1]
