@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import activeft
+from activeft.errors import ActiveftError
 from activeft.select import get_selector, list_selectors
 from activeft.select.cells import resolve_partitions, select_in_cells, split_budget
 
@@ -78,3 +79,13 @@ def test_cells_as_ray_tasks_select_the_same_as_in_process(store):
     tasks = activeft.select(store, 30, method="herding", partitions=3, num_workers=2)
     budgets = [[c["budget"] for c in s.info["partitions"]["cells_table"]] for s in (one, tasks)]
     assert tasks.ids == one.ids and budgets[0] == budgets[1]
+
+
+def test_bad_partitions_are_one_line_and_write_nothing(store, tmp_path):
+    out = tmp_path / "s"
+    for kwargs, message in (({"partitions": 1}, "must be auto, off or a number of cells >= 2"),
+                            ({"partitions": 901}, "partitions 901 for a pool of 900 selectable rows"),
+                            ({"partitions": 3, "dedup": 0.9}, "dedup with partitions: a near-duplicate pair")):
+        with pytest.raises(ActiveftError, match=message):
+            activeft.select(store, 10, output=str(out), **kwargs)
+        assert not out.exists()

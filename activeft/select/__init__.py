@@ -201,7 +201,7 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
     cells = resolve_partitions(partitions, len(store))
     if cells and dedup is not None:
         raise ParameterError("dedup with partitions: a near-duplicate pair can straddle two cells; dedup the store "
-                             "first (activeft dedup) or pass partitions='off'")
+                             "first (activeft dedup) or turn partitions off (--partitions off)")
     if cells > available:
         raise ParameterError(f"partitions {cells} for a pool of {available} selectable rows: use fewer cells")
     config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
