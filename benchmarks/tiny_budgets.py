@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fashion_mnist  # noqa: E402
 
-from activeft.engine import Collectives, Pool, greedy_unique, kmeans, knn_graph  # noqa: E402
+from activeft.engine import Collectives, Pool, knn_graph  # noqa: E402
 from activeft.engine.propagate import spread_labels  # noqa: E402
 from activeft.select import get_selector  # noqa: E402
 
@@ -57,9 +57,9 @@ class Bench:
         return float(LogisticRegression(max_iter=1000).fit(self.x[rows], self.y[rows]).score(self.xv, self.yv))
 
     def kmeans_rows(self, budget: int, seed: int):
-        centroids, history = kmeans(self.pool, self.comm, budget, init="kmeans||", seed=seed)
-        return greedy_unique(self.pool, self.comm, torch.nn.functional.normalize(centroids, dim=1))[0].numpy(), \
-            history[-1]
+        """The ``kmeans`` selector's rows and final inertia."""
+        result = get_selector("kmeans")(seed=seed).fit(self.pool, self.comm, budget, [], None)
+        return result.rows, result.info["inertia_history"][-1]
 
     def row(self, **r) -> dict:
         print(json.dumps(r), flush=True)

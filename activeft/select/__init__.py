@@ -274,18 +274,17 @@ def _select_job(selector: Selector, budget: int, exclude, dedup, pool, comm, che
         raise RuntimeError(f"{selector.name} returned {len(set(rows.tolist()))} distinct rows, not {budget}")
     random_rows = original(sample_rows(pool.size, budget, generator(selector.seed + 1), exclude), dropped)
     pool = whole
-    t1 = time.perf_counter()
-    covered = {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows)}
     return {"rows": rows.tolist(),
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {**result.info, "seconds_select": round(seconds, 3),
-                     "precision": resolve_precision(pool.precision, pool.device), **covered,
-                     "seconds_coverage": round(time.perf_counter() - t1, 3),
+                     "precision": resolve_precision(pool.precision, pool.device),
+                     **_coverage_job(rows, random_rows, pool, comm, checkpoints),
                      **({} if found is None else {"dedup": {**found["info"], "dropped": len(dropped)}})},
             **({} if found is None else {"duplicates": found})}
 
 
 def _coverage_job(rows, random_rows, pool, comm, checkpoints) -> dict:
+    """The coverage of a selection and of a random one, over the whole pool, and its seconds."""
     t0 = time.perf_counter()
     return {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows),
             "seconds_coverage": round(time.perf_counter() - t0, 3)}
