@@ -15,6 +15,7 @@ from .embed.importer import import_embeddings  # noqa: F401
 from .dedup import dedup  # noqa: F401
 from .select import Selection, list_selectors, read_selection, select  # noqa: F401
 from .report import write_report  # noqa: F401
+from .scores import scores  # noqa: F401
 from .export import export  # noqa: F401
 from .calibrate import calibrate  # noqa: F401
 from .finetune import finetune  # noqa: F401

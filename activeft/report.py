@@ -19,6 +19,7 @@ import itertools
 import logging
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from .engine import Collectives, FlatIndex, Pool, kmeans
@@ -175,11 +176,28 @@ def _summary(sel: Selection, n: int) -> str:
             ("excluded (already labeled)", info.get("excluded", 0)),
             *([(f"near-duplicates left out (dedup {cfg.get('dedup')})", info["dedup"]["dropped"])] if "dedup" in info
               else []),
+            *([(f"outliers left out (drop_outliers {cfg.get('drop_outliers')})", info["outliers"]["dropped"])]
+              if "outliers" in info else []),
             ("workers", cfg.get("num_workers")),
             ("seed", cfg.get("seed")), ("selection seconds", info.get("seconds_select")),
             ("store", info.get("store", {}).get("uri")), ("created", info.get("created"))]
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
+    quotas = info.get("balance")
+    return _facts(rows) + ("" if not quotas else
+                           f"<h2>Quotas by {html.escape(quotas['by'])} ({html.escape(str(quotas['rule']))})</h2>"
+                           + _rows_html(quotas["groups"]))
+
+
+def _facts(rows) -> str:
+    """``(name, value)`` pairs as a two-column table."""
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                               for k, v in rows) + "</table>"
+
+
+def _rows_html(records: list[dict]) -> str:
+    """Records with the same keys as a table, a header of their keys."""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in records[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in records)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 CURVES = {  # what a selection records of its optimisation: (where, key) -> (title, x label, y label)
@@ -334,8 +352,7 @@ def calibration_page(info: dict, table) -> str:
     rows = [("method", info["method"]), ("parameters", info["params"]), ("labeled", info["labeled"]),
             ("pseudo-labeled", info["pseudo"]), ("seconds", info["seconds"]),
             *([("pseudo-label accuracy (the store's labels; a diagnostic)", f"{acc:.3f}")] if acc is not None else [])]
-    sections = ["<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                                    for k, v in rows) + "</table>",
+    sections = [_facts(rows),
                 _section("Class balance", _png(fig), f"{int((counts.sum(1) == 0).sum())} of {len(classes)} classes "
                                                      "have no row.")]
     if "confidence" in table.column_names:
@@ -364,3 +381,50 @@ def calibration_page(info: dict, table) -> str:
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>activeft calibration report</title>"
             f"<style>{_CSS}</style></head><body><h1>Calibration report</h1>\n" + "\n".join(sections)
             + "</body></html>\n")
+
+
+SHOWN = 24  # thumbnails in each gallery of the scores page
+GROUPS = 6  # near-duplicate groups shown, largest first
+
+
+def scores_page(info: dict, table, store: EmbeddingStore) -> str:
+    """The scores report (``report.html`` beside ``scores.json``): the histograms of uniqueness and density
+    (the outliers' cut marked), and thumbnails of the most unique rows, the largest near-duplicate groups
+    and the outliers."""
+    ids = table.column("id").to_pylist()
+    unique, density = table.column("uniqueness").to_numpy(), table.column("density").to_numpy()
+    size, outlier = table.column("group_size").to_numpy(), table.column("outlier").to_numpy(zero_copy_only=False)
+    kept_of = pc.index_in(table.column("duplicate_of"), value_set=table.column("id")).fill_null(-1).to_numpy()
+    heads = [r for r in np.lexsort((np.arange(len(ids)), -size)) if size[r] > 1 and kept_of[r] < 0][:GROUPS]
+    groups = [[h, *np.flatnonzero(kept_of == h)[:SHOWN - 1]] for h in heads]
+    most_unique = np.lexsort((np.arange(len(ids)), -unique))[:SHOWN]
+    lowest = np.flatnonzero(outlier)[np.argsort(density[outlier], kind="stable")][:SHOWN]
+    thumbs = _Thumbnails(store, np.concatenate([most_unique, lowest, *map(np.asarray, groups)]).astype(np.int64))
+    cfg = info["config"]
+    rows = [("rows", info["rows"]), ("neighbours (k)", info["k"]),
+            (f"near-duplicate groups (cosine >= {cfg['dedup']})",
+             f"{info['groups']} groups of {info['rows_in_groups']} rows"),
+            (f"outliers (lowest {cfg['outliers']:g} of density)", info["outliers"]), ("seconds", info["seconds"]),
+            ("store", cfg["store"]), ("created", info.get("created"))]
+    sections = [_facts(rows)]
+    for name, values, note in (("Uniqueness", unique, f"Distance to the {info['k']}-th nearest row."),
+                               ("Density", density, f"Mean cosine similarity to the {info['k']} nearest rows; the "
+                                                    "outliers lie left of the dashed line.")):
+        fig, ax = _figure(name)
+        ax.hist(values, bins=50, color="#1f77b4")
+        if name == "Density" and outlier.any():
+            ax.axvline(density[outlier].max(), ls="--", color="#d62728")
+        ax.set_xlabel(name.lower())
+        ax.set_ylabel("rows")
+        sections.append(_section(name, _png(fig), note))
+    grid = lambda rows, caption: "<div class='grid'>" + "".join(thumbs.figure(r, caption(r)) for r in rows) \
+        + "</div>"  # noqa: E731
+    no_images = "" if thumbs.uri_of else "<p>No thumbnails: the store holds no readable image uris.</p>"
+    sections += [f"<h2>Most unique</h2>{no_images}" + grid(most_unique, lambda r: f"{ids[r]} {unique[r]:.3f}"),
+                 "<h2>Largest near-duplicate groups</h2>" + ("".join(
+                     f"<div class='cluster'><h3>{size[g[0]]} rows, kept {html.escape(ids[g[0]])}</h3>"
+                     + grid(g, lambda r: ids[r]) + "</div>" for g in groups) or "<p>None.</p>"),
+                 "<h2>Outliers</h2>" + (grid(lowest, lambda r: f"{ids[r]} {density[r]:.3f}") if len(lowest)
+                                        else "<p>None.</p>")]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>activeft scores report</title>"
+            f"<style>{_CSS}</style></head><body><h1>Scores report</h1>\n" + "\n".join(sections) + "</body></html>\n")

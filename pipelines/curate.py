@@ -15,17 +15,22 @@ from activeft.export import export
 from activeft.io import storage
 from activeft.pipeline import Pipeline, embed_stage, main
 from activeft.report import REPORT, write_report
+from activeft.scores import SCORES
 from activeft.select import SELECTION
 
 log = logging.getLogger("activeft.pipeline")
 
 
 def run(cfg):
-    """Curate: embed -> select (after dedup, with select.dedup) -> report -> export."""
+    """Curate: embed -> scores (with a scores section) -> select (after dedup, with select.dedup) -> report
+    -> export."""
     cfg.require("embed", "select")
-    e, s, r, x = cfg.embed, cfg.select, cfg.report, cfg.export
+    e, s, r, x, sc = cfg.embed, cfg.select, cfg.report, cfg.export, cfg.scores
     p = Pipeline(cfg)
     store = embed_stage(p, e)
+    if sc is not None:
+        p.stage("scores", lambda: activeft.scores(store, **sc.model_dump(), overwrite=True).num_rows,
+                storage.join(sc.output, SCORES), {"scores": sc})
     p.stage("select", lambda: activeft.select(store, **s.model_dump(exclude={"params"}), resume=True, **s.params).uri,
             storage.join(s.output, SELECTION), {"select": s})
     if r.enabled:
@@ -37,8 +42,9 @@ def run(cfg):
         info = storage.read_json(storage.join(s.output, SELECTION))
         log.info("curate: %d near-duplicates (of the pool or of labeled images) left out at dedup %g",
                  info["dedup"]["dropped"], s.dedup)
-    log.info("curate: selection %s; report %s; annotation export %s", s.output,
-             storage.join(s.output, REPORT) if r.enabled else "off", x.output)
+    log.info("curate: selection %s; report %s; annotation export %s%s", s.output,
+             storage.join(s.output, REPORT) if r.enabled else "off", x.output,
+             f"; scores {storage.join(sc.output, REPORT)}" if sc is not None else "")
     return p.state
 
 

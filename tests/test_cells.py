@@ -11,7 +11,8 @@ import pytest
 import activeft
 from activeft.errors import ActiveftError
 from activeft.select import get_selector, list_selectors
-from activeft.select.cells import resolve_partitions, select_in_cells, split_budget
+from activeft.select.cells import resolve_partitions, select_in_cells
+from activeft.select.quotas import split_budget
 
 pytestmark = pytest.mark.timeout(240)
 

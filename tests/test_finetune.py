@@ -111,14 +111,17 @@ def image_store(tmp_path_factory, ray_session):
 FULL = {"mode": "full", "num_workers": 2, "batch_size": 4, "lr": 0.1, "eval_every": 1}
 
 
-def test_full_mode_two_workers(image_store, tmp_path):
+def test_full_mode_two_workers_weighted_and_a_worker_failure_resumes(image_store, tmp_path):
     import timm
 
     store, train, val = image_store
     weighted = train.append_column("confidence", pa.array([1.0, 0.6] * (train.num_rows // 2)))  # as labelprop's
-    info = activeft.finetune(store, train=weighted, val=val, output=str(tmp_path / "run"), epochs=3, **FULL)
+    info = activeft.finetune(store, train=weighted, val=val, output=str(tmp_path / "run"), epochs=3, _fail_at=2,
+                             **FULL)
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
+    assert info["history"][2].get("resumed") and not info["history"][1].get("resumed")
     losses = [h["loss"] for h in info["history"]]  # 3 steps an epoch on heavily augmented 32 px images: noisy
-    assert len(losses) == 3 and min(losses[1:]) < losses[0] and info["config"]["weighted"]
+    assert min(losses[1:]) < losses[0] and info["config"]["weighted"]
     assert all("val_accuracy" in h for h in info["history"])
     model, classes = activeft.load_model(str(tmp_path / "run"))
     from safetensors.torch import load_file
@@ -128,23 +131,15 @@ def test_full_mode_two_workers(image_store, tmp_path):
     assert classes == ["horizontal", "vertical"] and model.head.weight.shape == (2, 512)
 
 
-def test_full_mode_worker_failure_resumes(image_store, tmp_path):
-    store, train, val = image_store
-    info = activeft.finetune(store, train=train, val=val, output=str(tmp_path / "run"), epochs=3, _fail_at=2,
-                             **FULL)
-    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
-    assert info["history"][2].get("resumed") and not info["history"][1].get("resumed")
-
-
 def test_resume_after_stop_continues_at_the_right_epoch(image_store, tmp_path):
     store, train, val = image_store
     out = str(tmp_path / "run")
     with pytest.raises(Exception, match="injected failure"):
-        activeft.finetune(store, train=train, val=val, output=out, epochs=4, _fail_at=2, max_failures=0, **FULL)
+        activeft.finetune(store, train=train, val=val, output=out, epochs=3, _fail_at=2, max_failures=0, **FULL)
     assert not os.path.exists(os.path.join(out, "metrics.json"))
-    info = activeft.finetune(store, train=train, val=val, output=out, epochs=4, resume=True, max_failures=0,
+    info = activeft.finetune(store, train=train, val=val, output=out, epochs=3, resume=True, max_failures=0,
                              **FULL)
-    assert [h["epoch"] for h in info["history"]] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2]
     assert info["history"][2].get("resumed")
 
 

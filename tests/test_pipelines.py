@@ -70,18 +70,20 @@ def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplo
     from activeft.pipelines import curate
 
     write_digits(str(tmp_path / "digits"), size=32, limit=150)
-    cfg = write_config(tmp_path / "c.yaml", small(tmp_path, str(tmp_path / "digits" / "_manifest.csv")))
-    # the run dies in select (a budget larger than the pool) after embed finished
+    cfg = write_config(tmp_path / "c.yaml", {**small(tmp_path, str(tmp_path / "digits" / "_manifest.csv")),
+                                             "scores": {"k": 5}})
+    # the run dies in select (a budget larger than the pool) after embed and scores finished
     assert main(curate.run, ["--config", cfg, "--set", "select.budget=5000"]) == 1
     state = json.loads((tmp_path / "out" / "_pipeline.json").read_text())
-    assert list(state["stages"]) == ["embed"]
+    assert list(state["stages"]) == ["embed", "scores"]
+    assert pq.read_table(tmp_path / "out" / "scores" / "scores.parquet").num_rows == 150
     manifest = tmp_path / "out" / "store" / "_manifest.json"
     stamp = manifest.stat().st_mtime_ns
     caplog.clear()
     assert main(curate.run, ["--config", cfg]) == 0  # the retry skips embed
     assert "stage embed: already done in this run" in caplog.text and manifest.stat().st_mtime_ns == stamp
     state = json.loads((tmp_path / "out" / "_pipeline.json").read_text())
-    assert list(state["stages"]) == ["embed", "select", "report", "export"]
+    assert list(state["stages"]) == ["embed", "scores", "select", "report", "export"]
     sel = activeft.read_selection(str(tmp_path / "out" / "selection"))
     assert len(sel) == 6 and sel.table.column_names[:4] == ["id", "uri", "rank", "method"]
     page = (tmp_path / "out" / "selection" / "report.html").read_text()
@@ -93,7 +95,7 @@ def test_curate_end_to_end_resumes_at_the_first_unfinished_stage(tmp_path, caplo
     assert all(set(t) == {"data"} and os.path.isfile(t["data"]["image"]) for t in tasks)
     caplog.clear()
     assert main(curate.run, ["--config", cfg]) == 0  # finished: every stage is skipped
-    assert caplog.text.count("already done in this run") == 4
+    assert caplog.text.count("already done in this run") == 5
     assert main(curate.run, ["--config", cfg, "--set", "select.budget=0.05"]) == 1  # not a stale selection
     assert "stage select of " in capsys.readouterr().err and sel.ids == activeft.read_selection(
         str(tmp_path / "out" / "selection")).ids

@@ -239,6 +239,10 @@ def test_every_selector_parameter_is_a_select_option(capsys):
     for method in list_selectors():
         for name in get_selector(method).params:
             assert "--" + name.replace("_", "-") in out, (method, name)
+    # a method parameter named as one of select's own would never reach the method
+    from activeft.stages import get_stage
+
+    assert not set(get_stage("select").params) & {n for m in list_selectors() for n in get_selector(m).params}
 
 
 def test_activeft_beats_random_coverage_and_loss_goes_down(store):

@@ -22,7 +22,17 @@ import numpy as np
 import pyarrow as pa
 
 from ..dedup import DUPLICATES, count, dedup_job, duplicates_table
-from ..engine import PRECISIONS, all_sum, generator, nearest, resolve_precision, sample_rows
+from ..engine import (
+    DENSITY_K,
+    PRECISIONS,
+    all_sum,
+    generator,
+    lowest,
+    nearest,
+    neighbourhood,
+    resolve_precision,
+    sample_rows,
+)
 from ..engine.dedup import original, renumber, without
 from ..errors import ParameterError, StoreError, check
 from ..io import protocol, storage
@@ -33,11 +43,14 @@ from ..runtime.runner import run
 from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .cells import parse_partitions, resolve_partitions, select_in_cells
+from .quotas import column_groups, group_budgets, parse_quotas
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
 SELECTION = "selection.json"
-KIND = protocol.Kind("selection", SELECTION, r"selection\.(parquet|csv|json)|report\.html|duplicates\.parquet")
+OUTLIERS = "outliers.parquet"
+KIND = protocol.Kind("selection", SELECTION,
+                     r"selection\.(parquet|csv|json)|report\.html|duplicates\.parquet|outliers\.parquet")
 
 __all__ = ["select", "Selection", "read_selection", "list_selectors", "get_selector", "resolve_budget"]
 
@@ -95,7 +108,10 @@ RULES = {
     "checkpoint_every": integer(0),
     "partitions": parsed(parse_partitions, "auto, off or a number of cells >= 2", int | str),
     "exclude": IDS, "dedup": optional(number(0, strict=True, maximum=1)), "dedup_keep": one_of("first", "central"),
-    "resume": BOOL, "overwrite": BOOL}
+    "balance_by": optional(TEXT),
+    "quotas": parsed(parse_quotas, "uniform, proportional or {value: share} with shares summing to 1",
+                      str | dict[str, float]),
+    "drop_outliers": optional(number(0, strict=True, maximum=1)), "resume": BOOL, "overwrite": BOOL}
 
 
 def _summary(sel, values: dict) -> str:
@@ -118,7 +134,8 @@ def method_params() -> dict:
                        methods=get_selector))
 def select(store, budget, *, output: str | None = None, method: str = "kmeans", num_workers: int = 1,
            use_gpu: bool = False, precision: str | None = None, seed: int = 0, exclude=None, partitions="auto",
-           dedup: float | None = None, dedup_keep: str = "central", resume: bool = False,
+           dedup: float | None = None, dedup_keep: str = "central", balance_by: str | None = None,
+           quotas="uniform", drop_outliers: float | None = None, resume: bool = False,
            overwrite: bool = False, checkpoint_every: int = 25, _fail_at: int | None = None, **params) -> Selection:
     """Select ``budget`` samples of an embedding store to label.
 
@@ -167,6 +184,17 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         labeled or covered); ``duplicates.parquet`` lists them and ``selection.json`` counts them.
     dedup_keep : {"first", "central"}, default="central"
         The row a group without a labeled row keeps: its first in the store, or the one nearest its mean.
+    balance_by : str, optional
+        Quotas (:mod:`activeft.select.quotas`): a column of the store (its labels, or a metadata
+        column the manifest passed through) whose groups get exact shares of the budget by ``quotas``;
+        the method runs inside each group. Labeled (excluded) rows count toward their group's share.
+    quotas : "uniform", "proportional" or dict, default="uniform"
+        With ``balance_by``: equal shares, shares as the groups' rows, or ``{value: share}`` (shares
+        summing to 1, JSON on the command line: ``'{"rain": 0.5, "sun": 0.5}'``; groups not named get
+        none). A group with fewer free rows than its share gives them all; the rest goes to the others.
+    drop_outliers : float, optional
+        Never select the rows whose density (mean cosine similarity to their 10 nearest rows, as
+        ``activeft scores``) is in this lowest fraction of the pool; ``outliers.parquet`` lists them.
     resume : bool
         Continue a stopped run in ``output`` from its last checkpoint.
     overwrite : bool
@@ -202,26 +230,46 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
     if cells and dedup is not None:
         raise ParameterError("dedup with partitions: a near-duplicate pair can straddle two cells; dedup the store "
                              "first (activeft dedup) or turn partitions off (--partitions off)")
+    if balance_by is not None and dedup is not None:
+        raise ParameterError("dedup with balance_by: a near-duplicate pair can straddle two groups; dedup the store "
+                             "first (activeft dedup)")
     if cells > available:
         raise ParameterError(f"partitions {cells} for a pool of {available} selectable rows: use fewer cells")
+    groups = column_groups(store, balance_by) if balance_by is not None else None
+    quotas = parse_quotas(quotas)
     config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
               **({"partitions": cells} if cells else {}),
-              "num_workers": num_workers, **({"dedup": dedup, "dedup_keep": dedup_keep} if dedup else {})}
+              "num_workers": num_workers, **({"dedup": dedup, "dedup_keep": dedup_keep} if dedup else {}),
+              **({"balance_by": balance_by, "quotas": quotas} if groups else {}),
+              **({"drop_outliers": drop_outliers} if drop_outliers else {})}
     import torch
 
     with protocol.writing(output, KIND, config, resume=resume, overwrite=overwrite) as out:
         if out.finished:
             return read_selection(output)  # resumed a run that had finished
         work = out.join("_work", "select") if output else None
-        if cells:
-            result = select_in_cells(selector, store, budget, exclude_rows, cells, num_workers=num_workers,
+        dropped, outliers = np.zeros(0, np.int64), None
+        if drop_outliers:
+            outliers = run(functools.partial(_outliers_job, drop_outliers, seed), store, num_workers=num_workers,
+                           use_gpu=use_gpu, precision=precision)
+            dropped = np.setdiff1d(outliers["rows"], exclude_rows)  # a labeled outlier stays labeled
+            if budget > available - len(dropped):
+                raise ParameterError(f"budget {budget} is larger than the {available - len(dropped)} selectable rows "
+                                     f"left by drop_outliers {drop_outliers}")
+        shares = None
+        if groups:
+            budgets, shares = group_budgets(*groups, quotas, budget, exclude_rows, dropped)
+        if cells or groups:
+            result = select_in_cells(selector, store, budget, exclude_rows, cells, dropped=dropped,
+                                     groups=groups and (groups[1], budgets), num_workers=num_workers,
                                      use_gpu=use_gpu, work=work, resume=resume, precision=precision)
             random_rows = sample_rows(len(store), budget, generator(seed + 1), torch.from_numpy(exclude_rows))
             result["info"].update(run(functools.partial(_coverage_job, result["rows"], random_rows.tolist()), store,
                                       num_workers=num_workers, use_gpu=use_gpu, precision=precision))
         else:
             dedup_args = None if dedup is None else (dedup, dedup_keep, seed)
-            job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows), dedup_args)
+            job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows), dedup_args,
+                                    torch.from_numpy(dropped))
             result = run(job, store, num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
                          checkpoint_every=checkpoint_every, fail_at=_fail_at, precision=precision)
         if "error" in result:
@@ -236,36 +284,49 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         table = table.append_column("method", pa.array([method] * len(rows), pa.string()))
         for name, values in result["columns"].items():
             table = table.append_column(name, pa.array(values))
+        if groups and balance_by not in table.column_names:
+            table = table.append_column(balance_by, pa.array(np.asarray(groups[0])[groups[1][rows]]))
         info = {**protocol.header(), "config": config, "budget": budget, "pool_size": len(store),
                 "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
-                **result["info"], "seconds_total": round(time.perf_counter() - start, 3)}
+                **result["info"],
+                **({"balance": {"by": balance_by, "rule": quotas, "groups": shares}} if groups else {}),
+                **({"outliers": {"fraction": drop_outliers, "k": DENSITY_K, "dropped": len(dropped)}}
+                   if outliers else {}),
+                "seconds_total": round(time.perf_counter() - start, 3)}
         selection = Selection(table.column("id").to_pylist(), table, info, output)
         if output:
             if duplicates is not None:
                 storage.write_parquet(out.join(DUPLICATES), duplicates)
+            if outliers is not None:
+                at = np.searchsorted(outliers["rows"], dropped)
+                storage.write_parquet(out.join(OUTLIERS), pa.table({
+                    "id": store.take(dropped, ["id"]).column("id"),
+                    "density": pa.array(np.asarray(outliers["density"])[at], pa.float32())}))
             _write(out, selection)
     log.info("select: %s chose %d of %d in %.1f s (coverage %.4f vs random %.4f)%s", method, budget, len(store),
              info["seconds_total"], info["coverage"], info["coverage_random"], f" -> {output}" if output else "")
     return selection
 
 
-def _select_job(selector: Selector, budget: int, exclude, dedup, pool, comm, checkpoints) -> dict:
-    """Runs on every worker: the near-duplicates leave the pool (``dedup``: threshold, keep rule, seed),
-    fit, then the coverage of the selection and of a random one (over the whole pool)."""
+def _select_job(selector: Selector, budget: int, exclude, dedup, outliers, pool, comm, checkpoints) -> dict:
+    """Runs on every worker: the near-duplicates (``dedup``: threshold, keep rule, seed) and the ``outliers``
+    leave the pool, fit, then the coverage of the selection and of a random one (over the whole pool)."""
     import torch
 
-    whole, found, dropped = pool, None, torch.zeros(0, dtype=torch.long)
+    whole, found, dropped = pool, None, outliers
     if dedup is not None:
         found = dedup_job(dedup[0], dedup[1], exclude, dedup[2], pool, comm, checkpoints)
         if "error" in found:
             return found
         rows = torch.tensor(found["rows"], dtype=torch.long)
-        dropped = rows[~torch.isin(rows, exclude)]  # labeled rows stay (excluded), whatever their group
+        dropped = torch.unique(torch.cat([outliers, rows[~torch.isin(rows, exclude)]]))  # labeled rows stay
+    if len(dropped):
         pool, exclude = without(pool, dropped), renumber(exclude, dropped)
-        if budget > pool.size - len(exclude):
-            return {"error": f"budget {budget} is larger than the pool of {whole.size} rows less {len(dropped)} "
-                             f"near-duplicates (dedup {dedup[0]})" + (f" and {len(exclude)} excluded"
-                                                                      if len(exclude) else "")}
+    if budget > pool.size - len(exclude):  # only the near-duplicates can do this: the driver checked the rest
+        return {"error": f"budget {budget} is larger than the pool of {whole.size} rows less "
+                         f"{len(dropped) - len(outliers)} near-duplicates (dedup {dedup[0]})"
+                         + (f", {len(outliers)} outliers" if len(outliers) else "")
+                         + (f" and {len(exclude)} excluded" if len(exclude) else "")}
     t0 = time.perf_counter()
     result = selector.fit(pool, comm, budget, exclude, checkpoints)
     seconds = time.perf_counter() - t0
@@ -279,8 +340,16 @@ def _select_job(selector: Selector, budget: int, exclude, dedup, pool, comm, che
             "info": {**result.info, "seconds_select": round(seconds, 3),
                      "precision": resolve_precision(pool.precision, pool.device),
                      **_coverage_job(rows, random_rows, pool, comm, checkpoints),
-                     **({} if found is None else {"dedup": {**found["info"], "dropped": len(dropped)}})},
+                     **({} if found is None else {"dedup": {**found["info"],
+                                                            "dropped": len(dropped) - len(outliers)}})},
             **({} if found is None else {"duplicates": found})}
+
+
+def _outliers_job(fraction: float, seed: int, pool, comm, checkpoints) -> dict:
+    """The rows of the ``fraction`` lowest density (:func:`activeft.engine.lowest`) and their density."""
+    _, density = neighbourhood(pool, comm, DENSITY_K, seed=seed)
+    rows = lowest(density, fraction)
+    return {"rows": rows.numpy(), "density": density[rows].numpy()}
 
 
 def _coverage_job(rows, random_rows, pool, comm, checkpoints) -> dict:

@@ -3,13 +3,16 @@
 As the curation of Vo et al. (2024, hierarchical k-means before DINOv2's LVD-142M) and SemDeDup's
 clustering step: the engine's distributed k-means (k-means|| seeding, :data:`PARTITION_ITERATIONS`
 Lloyd iterations) gives each row a cell; the budget is split over the cells by their rows
-(:func:`split_budget`: largest remainders, no cell asked for more rows than it has free); the
+(:func:`~.quotas.split_budget`: largest remainders, no cell asked for more rows than it has free); the
 selector runs on each cell alone, reading only that cell's rows, cells in parallel as Ray tasks (one
 CPU, or one GPU, each; at most ``num_workers`` at a time); the picks are merged in rounds (every
 cell's first pick, then every cell's second, ...), so any prefix of the ranking is spread over the
 cells. A cell's result is written to the run's work directory when it finishes, so a stopped run
 redoes only the cells it had not finished. The cost of a cell follows its rows, not the pool's: what
 makes a pool of any size tractable, at the price of no pick seeing across a cell border.
+
+Quotas (``--balance-by``, :mod:`.quotas`) run the same way: each group of the column is a cell of its
+own (cut into its share of the k-means cells when partitions are on too), with its quota as budget.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..engine import Collectives, FlatIndex, Pool, kmeans
 from ..io import storage
 from ..io.store import EmbeddingStore
 from ..runtime.runner import run
+from .quotas import split_budget
 from .registry import Selector
 
 log = logging.getLogger(__name__)
@@ -56,24 +60,6 @@ def resolve_partitions(partitions, rows: int) -> int:
     return int(partitions)
 
 
-def split_budget(sizes: np.ndarray, free: np.ndarray, budget: int) -> np.ndarray:
-    """Each cell's share of ``budget`` by its rows (``sizes``): the floor of its exact share, then one
-    more for the largest remainders (ties to the smaller cell); a cell with fewer ``free`` rows than
-    its share gives them all, and the rest is split over the others by the same rule."""
-    out = np.zeros(len(sizes), dtype=np.int64)
-    open_ = free > 0
-    while budget > out.sum() and open_.any():
-        left = budget - out.sum()
-        share = left * sizes * open_ / max((sizes * open_).sum(), 1)
-        add = np.floor(share).astype(np.int64)
-        extra = left - add.sum()
-        order = np.lexsort((np.arange(len(sizes)), -(share - add)))  # largest remainder, then the smaller cell
-        add[order[:extra]] += 1
-        out = np.minimum(out + add, free)
-        open_ = out < free
-    return out
-
-
 def _partition_job(cells: int, seed: int, pool, comm, checkpoints) -> dict:
     """Every row's cell: k-means of the whole pool, each row to its nearest centroid."""
     centroids, history = kmeans(pool, comm, cells, iterations=PARTITION_ITERATIONS, init="kmeans||", seed=seed,
@@ -84,8 +70,11 @@ def _partition_job(cells: int, seed: int, pool, comm, checkpoints) -> dict:
 
 def _select_cell(selector: Selector, store_uri: str, rows: np.ndarray, exclude: np.ndarray, budget: int,
                  device: str) -> dict:
-    """The selector on one cell's rows alone: its picks as global rows, their columns, its info."""
+    """The selector on one cell's rows alone: its picks as global rows, their columns, its info. A cell
+    asked for all its free rows gives them in row order, without the selector (no columns)."""
     start = time.perf_counter()
+    if budget == len(rows) - len(exclude):
+        return {"rows": np.setdiff1d(rows, exclude).tolist(), "columns": {}, "info": {}, "seconds": 0.0}
     x = torch.from_numpy(EmbeddingStore(store_uri).embeddings_at(rows)).to(device)
     local = torch.from_numpy(np.searchsorted(rows, exclude))
     result = selector.fit(Pool(x, 0, len(rows)), Collectives(), budget, local, None)
@@ -96,49 +85,67 @@ def _select_cell(selector: Selector, store_uri: str, rows: np.ndarray, exclude: 
 
 
 def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, exclude: np.ndarray, cells: int, *,
+                    groups: tuple[np.ndarray, np.ndarray] | None = None, dropped: np.ndarray | None = None,
                     num_workers: int, use_gpu: bool, work: str | None, resume: bool, precision: str | None) -> dict:
-    """``budget`` rows of ``store`` by ``selector`` run inside ``cells`` k-means cells (module docstring):
-    ``{"rows", "columns", "info"}`` as a flat selection's job returns them, with a ``cell`` column and
-    ``info["partitions"]``: the cells, and each cell's rows, excluded rows, budget and seconds."""
+    """``budget`` rows of ``store`` by ``selector`` run inside ``cells`` k-means cells (module docstring;
+    0: one cell), or inside each quota group of ``groups`` (each row's group and each group's budget,
+    :mod:`.quotas`), cut into its share of the cells: ``{"rows", "columns", "info"}`` as a flat
+    selection's job returns them, with a ``cell`` column (with cells) and ``info["partitions"]``: each
+    cell's group, rows, excluded rows, budget and seconds. ``dropped`` rows are never selected."""
     start = time.perf_counter()
     if work and not resume:
         storage.delete(storage.join(work, "cells"))
-    parts = run(functools.partial(_partition_job, cells, selector.seed), store, num_workers=num_workers,
-                use_gpu=use_gpu, work=work and storage.join(work, "partition"), resume=resume, precision=precision)
-    assign = np.asarray(parts["cells"], dtype=np.int64)
-    members = [np.flatnonzero(assign == c) for c in range(cells)]
+    assign, parts = np.zeros(len(store), dtype=np.int64), {}
+    if cells:
+        parts = run(functools.partial(_partition_job, cells, selector.seed), store, num_workers=num_workers,
+                    use_gpu=use_gpu, work=work and storage.join(work, "partition"), resume=resume,
+                    precision=precision)
+        assign = np.asarray(parts["cells"], dtype=np.int64)
+    group = np.zeros(len(store), dtype=np.int64) if groups is None else groups[0]
+    keys, unit = np.unique(group * max(cells, 1) + assign, return_inverse=True)  # (group, cell) pairs present
+    if dropped is not None:
+        unit[dropped] = -1
+    members = [np.flatnonzero(unit == u) for u in range(len(keys))]
     held = [exclude[np.isin(exclude, m)] for m in members]
     sizes = np.array([len(m) for m in members])
-    budgets = split_budget(sizes, sizes - np.array([len(h) for h in held]), budget)
+    free = sizes - np.array([len(h) for h in held])
+    owner = keys // max(cells, 1)
+    budgets = np.zeros(len(keys), dtype=np.int64)
+    for g in np.unique(owner):
+        mine = owner == g
+        budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[1][g]))
     partition_s = time.perf_counter() - start
-    log.info("select: %d cells of %d to %d rows (k-means in %.1f s); budgets %d to %d", cells, sizes.min(),
+    log.info("select: %d cells of %d to %d rows (k-means in %.1f s); budgets %d to %d", len(keys), sizes.min(),
              sizes.max(), partition_s, budgets.min(), budgets.max())
     device = "cuda" if use_gpu else "cpu"
     done = {}
-    todo = [c for c in range(cells) if budgets[c] > 0]
-    for c in todo:
-        path = work and storage.join(work, "cells", f"{c}.json")
+    todo = [u for u in range(len(keys)) if budgets[u] > 0]
+    for u in todo:
+        path = work and storage.join(work, "cells", f"{keys[u]}.json")
         if resume and path and storage.exists(path):
-            done[c] = storage.read_json(path)
-    args = {c: (selector, store.uri, members[c], held[c], int(budgets[c]), device) for c in todo if c not in done}
-    for c, result in _each(args, num_workers, use_gpu):
-        done[c] = result
+            done[u] = storage.read_json(path)
+    args = {u: (selector, store.uri, members[u], held[u], int(budgets[u]), device) for u in todo if u not in done}
+    for u, result in _each(args, num_workers, use_gpu):
+        done[u] = result
         if work:
-            storage.write_json(storage.join(work, "cells", f"{c}.json"), result)
-    ordered = [done[c] for c in todo]
+            storage.write_json(storage.join(work, "cells", f"{keys[u]}.json"), result)
+    ordered = [done[u] for u in todo]
     rank = np.concatenate([np.arange(len(r["rows"])) for r in ordered])
-    cell = np.concatenate([np.full(len(r["rows"]), c) for c, r in zip(todo, ordered, strict=True)])
-    order = np.lexsort((cell, rank))  # round by round, cells in order
+    at = np.concatenate([np.full(len(r["rows"]), u) for u, r in zip(todo, ordered, strict=True)])
+    order = np.lexsort((at, rank))  # round by round, cells in order
     rows = np.concatenate([np.asarray(r["rows"], dtype=np.int64) for r in ordered])[order]
-    columns = {k: np.concatenate([np.asarray(r["columns"][k]) for r in ordered])[order].tolist()
-               for k in ordered[0]["columns"]}
-    return {"rows": rows.tolist(), "columns": {**columns, "cell": cell[order].tolist()},
-            "info": {"partitions": {"cells": cells, "partition_inertia": parts["inertia"],
-                                    "seconds_partition": round(partition_s, 3),
-                                    "cells_table": [{"cell": c, "rows": int(sizes[c]), "excluded": len(held[c]),
-                                                     "budget": int(budgets[c]),
-                                                     "seconds": done[c]["seconds"] if c in done else 0.0}
-                                                    for c in range(cells)]},
+    names = sorted({k for r in ordered for k in r["columns"]})
+    columns = {k: [v for r in ordered for v in r["columns"].get(k, [None] * len(r["rows"]))] for k in names}
+    columns = {k: [v[i] for i in order] for k, v in columns.items()}
+    if cells:
+        columns["cell"] = (keys[at] % cells)[order].tolist()
+    table = [{**({"group": int(owner[u])} if groups is not None else {}),
+              **({"cell": int(keys[u] % cells)} if cells else {}), "rows": int(sizes[u]), "excluded": len(held[u]),
+              "budget": int(budgets[u]), "seconds": done[u]["seconds"] if u in done else 0.0}
+             for u in range(len(keys))]
+    return {"rows": rows.tolist(), "columns": columns,
+            "info": {"partitions": {"cells": cells, **({"partition_inertia": parts["inertia"]} if cells else {}),
+                                    "seconds_partition": round(partition_s, 3), "cells_table": table},
                      "seconds_select": round(time.perf_counter() - start, 3)}}
 
 

@@ -53,8 +53,10 @@ class TypiClust(Selector):
         labeled = torch.bincount(cluster[exclude], minlength=k)
         keep = [c for c in range(k) if size[c] > self.min_cluster_size]
         order = sorted(keep, key=lambda c: (int(labeled[c]), -int(size[c]), c))
-        if not order:
-            raise ValueError(f"typiclust: no cluster has more than min_cluster_size={self.min_cluster_size} rows")
+        free = sum(int(size[c] - labeled[c]) for c in order)
+        if free < budget:  # (the official code fails too: it would index an empty cluster)
+            raise ValueError(f"typiclust: the clusters of more than min_cluster_size={self.min_cluster_size} rows "
+                             f"hold {free} unlabeled rows, fewer than the budget {budget}")
         # labeled rows leave their clusters (the official code relabels them -1): a cell of their own
         cell = cluster.clone()
         cell[exclude] = k
