@@ -1,9 +1,12 @@
-"""Real image files for tests: PNG and JPEG written with PIL, plus broken ones."""
+"""Real image files for tests: PNG and JPEG written with PIL, plus broken ones; their reference embeddings."""
 
 import os
 
 import numpy as np
+import torch
 from PIL import Image
+
+from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features
 
 
 def pattern(i: int, size: int = 40) -> np.ndarray:
@@ -49,3 +52,16 @@ def stripes(i: int, vertical: bool, size: int = 32) -> np.ndarray:
     ramp = (np.arange(size) // (4 + i % 3) % 2) * 200 + 30
     img = np.tile(ramp, (size, 1)) if vertical else np.tile(ramp[:, None], (1, size))
     return np.clip(img[:, :, None] + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def direct_embeddings(folder, ids, spec=BackboneSpec("resnet18", "none", 32)):
+    """The reference: timm's own eval transform and forward, in this process, one image at a time."""
+    model, _ = spec.build()
+    pre = Preprocess(spec.data_config(model))
+    out = []
+    for i in ids:
+        with Image.open(os.path.join(folder, i)) as img:
+            x = torch.from_numpy(pre(img))[None]
+        with torch.inference_mode():
+            out.append(torch.nn.functional.normalize(pooled_features(model, pre.normalize(x)), dim=1)[0].numpy())
+    return np.stack(out)

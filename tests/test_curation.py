@@ -145,10 +145,3 @@ def test_scores_table_groups_and_report_with_thumbnails(tmp_path, capsys):
     info = json.loads((tmp_path / "sc" / "scores.json").read_text())
     assert (info["k"], info["outliers"], info["groups"]) == (3, 3, 1)
 
-
-@pytest.mark.ray
-@pytest.mark.usefixtures("ray_session")
-def test_quotas_as_ray_tasks_select_the_same_as_in_process(store):
-    one = activeft.select(store, 45, method="herding", balance_by="weather", exclude=LABELED)
-    tasks = activeft.select(store, 45, method="herding", balance_by="weather", exclude=LABELED, num_workers=2)
-    assert tasks.ids == one.ids

@@ -11,28 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
-from images import write_broken, write_images
-from PIL import Image
+from images import direct_embeddings, write_broken, write_images
 
 import activeft
 from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
-from activeft.models.backbone import BackboneSpec, Preprocess, pooled_features
+from activeft.models.backbone import BackboneSpec
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
 TINY = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8)
-
-
-def direct_embeddings(folder, ids, spec=BackboneSpec("resnet18", "none", 32)):
-    """The reference: timm's own eval transform and forward, in this process, one image at a time."""
-    model, _ = spec.build()
-    pre = Preprocess(spec.data_config(model))
-    out = []
-    for i in ids:
-        with Image.open(os.path.join(folder, i)) as img:
-            x = torch.from_numpy(pre(img))[None]
-        with torch.inference_mode():
-            out.append(torch.nn.functional.normalize(pooled_features(model, pre.normalize(x)), dim=1)[0].numpy())
-    return np.stack(out)
 
 
 def test_local_folder_with_broken_files(tmp_path):

@@ -323,16 +323,6 @@ def test_two_worker_mapping_is_the_sequential_greedy(store):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_worker_failure_resumes_from_checkpoint(store, tmp_path):
-    params = dict(method="activeft", iterations=60, seed=2, checkpoint_every=10)
-    clean = activeft.select(store, 15, **params)
-    failed = activeft.select(store, 15, num_workers=2, output=str(tmp_path / "sel"), _fail_at=30, **params)
-    assert failed.info["resumed_from_iteration"] == 30 and clean.info["resumed_from_iteration"] is None
-    assert failed.ids == clean.ids
-    np.testing.assert_allclose(failed.info["loss_history"], clean.info["loss_history"], rtol=1e-6)
-
-
-@pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(120)
 def test_workers_the_cluster_cannot_give_fail_in_the_declared_time(store, tmp_path, monkeypatch):
     """Ray Train alone waits for a worker group forever; a run waits ACTIVEFT_WORKER_WAIT_S, then says so."""

@@ -1,0 +1,130 @@
+"""Multi-node runs on one machine: a ``ray.cluster_utils.Cluster`` of three 1-CPU nodes, the head and
+two more (separate raylets and object stores), in its own process (``tests/test_multinode.py``
+starts it: a process can join one Ray only). Writes what it saw as JSON to ``argv[2]``.
+
+- embed with two actors, on two nodes, and one of those nodes removed while they run (a new node added
+  3 s later): every image is in the store once, with the embedding a forward pass
+  in this process gives;
+- select with W = 3 (a worker a node), one node removed once Ray Train has registered a checkpoint and a
+  new one added 3 s later: the run restarts from the checkpoint and selects what the run in this
+  process selects, with the same loss at every iteration.
+"""
+
+import glob
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def until(check, what: str, timeout: float = 120.0) -> None:
+    start = time.time()
+    while not check():
+        if time.time() - start > timeout:
+            raise TimeoutError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.1)
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; ``join()`` returns its result or raises its error."""
+    out = {}
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001  (re-raised by join)
+            out["error"] = e
+
+    thread = threading.Thread(target=body)
+    thread.start()
+
+    def join():
+        thread.join(300)
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
+
+    return join
+
+
+def lose_a_node(cluster, node, seen: dict, key: str):
+    """Remove ``node`` (its raylet, object store and workers, killed), add a fresh 1-CPU node 3 s later."""
+    cluster.remove_node(node, allow_graceful=False)
+    seen[key] = time.time()
+    time.sleep(3)
+    return cluster.add_node(num_cpus=1)
+
+
+def main(work: str, report: str) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    os.environ["RAY_ADDRESS"] = cluster.address
+    import ray
+    from images import direct_embeddings, write_images
+    from ray.util.state import list_actors
+
+    import activeft
+
+    seen: dict = {"started": time.time()}
+    try:
+        # embed with two actors (on two nodes), a node lost once the first shard is written
+        ids = write_images(os.path.join(work, "img"), 96, size=32)
+        embed = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8, partition_size=8, num_actors=2)
+        join = in_thread(lambda: activeft.embed(os.path.join(work, "img"), os.path.join(work, "store"), **embed))
+        alive = {}
+
+        def two_embedders() -> bool:  # alive on two nodes: the victim hosts one, and no other Ray Data actor
+            alive["actors"] = [a for a in list_actors(detail=True, limit=10_000) if a.state == "ALIVE"]
+            return len({a.node_id for a in alive["actors"] if "Embedder" in a.class_name}) == 2
+
+        until(two_embedders, "two embed actors")
+        hosts = {a.node_id for a in alive["actors"] if "Embedder" in a.class_name}
+        seen["embed_nodes"] = len(hosts)
+        others = {a.node_id for a in alive["actors"] if "Embedder" not in a.class_name}
+        victim = next(n for n in nodes if n.node_id in hosts - others)
+        nodes[nodes.index(victim)] = lose_a_node(cluster, victim, seen, "embed_node_lost")
+        store = join()
+        seen["embed_ids_equal"] = sorted(store.ids()) == sorted(ids)
+        seen["embed_max_error"] = float(np.abs(store.embeddings() - direct_embeddings(
+            os.path.join(work, "img"), store.ids())).max())
+        seen["embed_finished"] = time.time()
+
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(6, 16))[rng.integers(0, 6, 900)] + 0.5 * rng.normal(size=(900, 16))
+        np.save(os.path.join(work, "x.npy"), x.astype("float32"))
+        with open(os.path.join(work, "ids.txt"), "w") as f:
+            f.write("\n".join(f"r{i}" for i in range(900)))
+        pool = activeft.import_embeddings(os.path.join(work, "x.npy"), os.path.join(work, "pool"),
+                                          ids=os.path.join(work, "ids.txt"))
+
+        # select W = 3, a worker a node; one of them lost once Ray Train registered a checkpoint
+        params = dict(method="activeft", iterations=100, seed=2, checkpoint_every=10)
+        clean = activeft.select(pool, 15, **params)
+        out = os.path.join(work, "sel")
+        join = in_thread(lambda: activeft.select(pool, 15, num_workers=3, output=out, **params))
+        until(lambda: glob.glob(os.path.join(out, "_work", "**", "checkpoint_manager_snapshot.json"), recursive=True),
+              "a registered checkpoint")
+        actors = [a for a in list_actors(detail=True, limit=10_000) if a.state == "ALIVE"]
+        workers = {a.node_id for a in actors if a.class_name == "RayTrainWorker"}
+        seen["select_nodes"] = len(workers)
+        others = {a.node_id for a in actors if a.class_name != "RayTrainWorker"}  # the controller stays
+        lose_a_node(cluster, next(n for n in nodes if n.node_id in workers - others), seen, "select_node_lost")
+        sel = join()
+        seen["select_resumed_from"] = sel.info["resumed_from_iteration"]
+        seen["select_equal"] = sel.ids == clean.ids
+        seen["select_loss_equal"] = bool(np.allclose(sel.info["loss_history"], clean.info["loss_history"], rtol=1e-6))
+    finally:
+        with open(report, "w") as f:
+            json.dump(seen, f)
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
