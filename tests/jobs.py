@@ -28,3 +28,8 @@ def selectors_job(methods, budget, seed, pool, comm, checkpoints):
         out[method] = {"rows": np.asarray(result.rows).tolist(),
                        "history": {k: v for k, v in result.info.items() if k.endswith("_history")}}
     return out
+
+
+def each_job(jobs, pool, comm, checkpoints):
+    """Several jobs in one worker group (one start-up): their results in order."""
+    return [job(pool, comm, checkpoints) for job in jobs]

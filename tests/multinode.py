@@ -104,7 +104,7 @@ def main(work: str, report: str) -> None:
                                           ids=os.path.join(work, "ids.txt"))
 
         # select W = 3, a worker a node; one of them lost once Ray Train registered a checkpoint
-        params = dict(method="activeft", iterations=100, seed=2, checkpoint_every=10)
+        params = dict(method="activeft", iterations=50, seed=2, checkpoint_every=10)
         clean = activeft.select(pool, 15, **params)
         out = os.path.join(work, "sel")
         join = in_thread(lambda: activeft.select(pool, 15, num_workers=3, output=out, **params))

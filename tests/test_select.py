@@ -174,14 +174,23 @@ def test_every_selector_refuses_each_bad_parameter_in_one_line(store, method):
 
 @pytest.mark.usefixtures("ray_session")
 def test_two_workers_select_the_same_as_one(store):
-    """Every selector declared worker-invariant, on a real Ray Train worker group of 2 (one group for all)."""
-    from jobs import selectors_job
+    """Every selector declared worker-invariant, and the mapping, on a real Ray Train worker group of 2 (one
+    group for all)."""
+    from jobs import each_job, mapping_job, selectors_job
 
     from activeft.runtime.runner import run
 
     methods = [m for m in list_selectors() if get_selector(m).worker_invariant]
     job = functools.partial(selectors_job, methods, 20, 5)
-    one, two = run(job, store), run(job, store, num_workers=2)
+    x = torch.from_numpy(store.embeddings())
+    g = torch.Generator().manual_seed(0)
+    # the mapping alone: 80 centroids crowding around 4 samples: most candidates are taken, lists run
+    # past the frontier; the sequential greedy's rows on two workers
+    c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
+    c = torch.nn.functional.normalize(c, dim=1)
+    one = run(job, store)
+    two, mapping = run(functools.partial(each_job, [job, functools.partial(mapping_job, c, 2)]), store, num_workers=2)
+    assert mapping["rows"] == brute_greedy(x, c)
     for method in methods:
         assert two[method]["rows"] == one[method]["rows"], method
         for key, values in one[method]["history"].items():  # loss, inertia: the same run, step by step
@@ -303,23 +312,6 @@ def test_budget_parsing():
     for bad in (0, "0", -5, "abc", "0.0001%", 1.5):
         with pytest.raises(ParameterError, match="The 'budget' parameter of select must be"):
             resolve_budget(bad, 1000)
-
-
-@pytest.mark.usefixtures("ray_session")
-def test_two_worker_mapping_is_the_sequential_greedy(store):
-    import functools
-
-    from jobs import mapping_job
-
-    from activeft.runtime.runner import run
-
-    x = torch.from_numpy(store.embeddings())
-    g = torch.Generator().manual_seed(0)
-    # 80 centroids crowding around 4 samples: most candidates are taken, lists run past the frontier
-    c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
-    c = torch.nn.functional.normalize(c, dim=1)
-    two = run(functools.partial(mapping_job, c, 2), store, num_workers=2)
-    assert two["rows"] == brute_greedy(x, c)
 
 
 @pytest.mark.usefixtures("ray_session")
