@@ -127,14 +127,13 @@ def _scores_job(k: int, outliers: float, threshold: float, seed: int, pool, comm
 
 
 def _table(store, found: dict) -> pa.Table:
+    """The scores table of a :func:`_scores_job` result: each row's group is named by its kept row."""
     n = len(store)
     ids = store.read(columns=["id"]).column("id").combine_chunks()
-    kept, rows = np.asarray(found["kept"], np.int64), np.asarray(found["duplicates"], np.int64)
-    size = np.ones(n, np.int32)
-    size[rows] = 1 + np.bincount(kept, minlength=n)[kept]
-    size += np.bincount(kept, minlength=n).astype(np.int32)  # a kept row: itself and its duplicates
-    of = np.full(n, -1, np.int64)
-    of[rows] = kept
+    head = np.arange(n)
+    head[np.asarray(found["duplicates"], np.int64)] = found["kept"]
+    size = (1 + np.bincount(head[head != np.arange(n)], minlength=n)[head]).astype(np.int32)
+    of = np.where(head != np.arange(n), head, -1)
     flag = np.zeros(n, bool)
     flag[found["outliers"]] = True
     return pa.table({"id": ids, "uniqueness": pa.array(found["uniqueness"], pa.float32()),

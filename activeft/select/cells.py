@@ -117,7 +117,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         mine = owner == g
         budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[1][g]))
     partition_s = time.perf_counter() - start
-    log.info("select: %d cells of %d to %d rows (k-means in %.1f s); budgets %d to %d", len(keys), sizes.min(),
+    log.info("select: %d cells of %d to %d rows (partition in %.1f s); budgets %d to %d", len(keys), sizes.min(),
              sizes.max(), partition_s, budgets.min(), budgets.max())
     device = "cuda" if use_gpu else "cpu"
     done = {}
