@@ -122,8 +122,9 @@ def _scores_job(k: int, outliers: float, threshold: float, seed: int, pool, comm
     found = dedup_job(threshold, "first", None, seed, pool, comm, checkpoints)
     if "error" in found:
         return found
-    return {"uniqueness": uniqueness.numpy(), "density": density.numpy(), "outliers": lowest(density, outliers).numpy(),
-            "duplicates": found["rows"], "kept": found["kept"], "info": {**found["info"], "k": min(k, pool.size - 1)}}
+    return {"uniqueness": uniqueness.tolist(), "density": density.tolist(),
+            "outliers": lowest(density, outliers).tolist(), "duplicates": found["rows"], "kept": found["kept"],
+            "info": {**found["info"], "k": min(k, pool.size - 1)}}
 
 
 def _table(store, found: dict) -> pa.Table:

@@ -17,8 +17,9 @@ Parts (``--only``, comma-separated; default all but ``ray``):
   parameters by method: ``--params``; with the coverage report; one worker, in process, no Ray) on
   a store of ``--select-n`` rows (float16 on CUDA).
 - ``ray``: ``activeft.select`` with 2 Ray Train workers against 1 (opt-in; starts a local Ray).
-- ``labelprop``: ``activeft.calibrate(method="labelprop")`` end to end (1% of the ``--select-n`` rows
-  labeled, 10 classes) against its floor, the 10-neighbour graph alone (``engine.knn_graph``), with
+- ``labelprop`` and ``scores``: ``activeft.calibrate(method="labelprop")`` (1% of the ``--select-n``
+  rows labeled, 10 classes) and ``activeft.scores`` (uniqueness, density, near-duplicate groups,
+  outliers) end to end against their floor, the 10-neighbour graph alone (``engine.knn_graph``), with
   the peak memory of both (opt-in).
 - ``profile``: where one whole-pool step and one Lloyd iteration spend their time in each
   precision: the operators with the most self time on the device (``torch.profiler``; opt-in).
@@ -69,6 +70,7 @@ TARGETS = {  # (part, key) -> (device, test on the row, text)
     ("select", "activeft"): ("cuda", lambda r: r["wall_s"] < 30, "< 30 s end to end"),
     **{("select", m): ("cpu", lambda r: r["wall_s"] < 600 if r["N"] >= 1_000_000 else None, "< 10 min at N = 1M")
        for m in ("probcover", "typiclust", "herding", "bilaf")},
+    ("scores", None): ("cpu", lambda r: r["scores_s"] < 600 if r["N"] >= 1_000_000 else None, "< 10 min at N = 1M"),
 }
 
 
@@ -329,8 +331,9 @@ def part_scale(a, device):
     return rows
 
 
-def part_labelprop(a, device):
-    """Label propagation end to end against the neighbour graph it spreads over, seconds and peak memory."""
+def part_floor(a, device, stage: str):
+    """``stage`` (labelprop or scores) end to end against the neighbour graph it stands on, seconds and peak
+    memory of both."""
     import pyarrow as pa
 
     import activeft
@@ -340,13 +343,18 @@ def part_labelprop(a, device):
     x = data(n, a.d, seed=5)
     labeled = torch.randperm(n, generator=torch.Generator().manual_seed(2))[:max(10, n // 100)]
     classes = (x[labeled] @ torch.randn(a.d, 10, generator=torch.Generator().manual_seed(3))).argmax(1)
-    row = {"N": n, "D": a.d, "labeled": len(labeled)}
+    row = {"N": n, "D": a.d, **({"labeled": len(labeled)} if stage == "labelprop" else {})}
     with tempfile.TemporaryDirectory(dir=a.workdir) as d:
         np.save(f"{d}/x.npy", x.numpy())
         with open(f"{d}/ids.txt", "w") as f:
             f.write("\n".join(f"r{i}" for i in range(n)))
         store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
         labels = pa.table({"id": [f"r{i}" for i in labeled.tolist()], "label": classes.tolist()})
+        gpu = device.type == "cuda"
+        run = {"labelprop": lambda: row.update(pseudo=activeft.calibrate(store, labels=labels, method="labelprop",
+                                                                          use_gpu=gpu).num_rows),
+               "scores": lambda: row.update(outliers=sum(activeft.scores(store, use_gpu=gpu).column("outlier")
+                                                         .to_pylist()))}[stage]
 
         def timed(key, fn):
             t = time.perf_counter()
@@ -354,9 +362,8 @@ def part_labelprop(a, device):
             row[f"{key}_s"] = time.perf_counter() - t
 
         timed("graph", lambda: knn_graph(Pool(x.to(device), 0, n), Collectives(), 10))
-        timed("labelprop", lambda: row.update(pseudo=activeft.calibrate(store, labels=labels, method="labelprop",
-                                                                        use_gpu=device.type == "cuda").num_rows))
-    row["ratio"] = row["labelprop_s"] / row["graph_s"]
+        timed(stage, run)
+    row["ratio"] = row[f"{stage}_s"] / row["graph_s"]
     print(json.dumps(row), flush=True)
     return row
 
@@ -419,10 +426,11 @@ def table(result: dict) -> str:
         what = f"{r['iterations']} it." if r["method"] == "activeft" else f"B {r['B']:,}"
         line("select", r["method"], f"{r['method']} end to end ({what}, N {r['N']:,}) / fit", r["wall_s"],
              r["select_s"], r["wall_s"] / r["select_s"], r)
-    if "labelprop" in result:
-        r = result["labelprop"]
-        line("labelprop", None, f"labelprop end to end (N {r['N']:,}) / 10-nn graph", r["labelprop_s"], r["graph_s"],
-             r["ratio"], r)
+    for stage in ("labelprop", "scores"):
+        if stage in result:
+            r = result[stage]
+            line(stage, None, f"{stage} end to end (N {r['N']:,}) / 10-nn graph", r[f"{stage}_s"], r["graph_s"],
+                 r["ratio"], r)
     for part, error in result.get("errors", {}).items():
         lines.append(f"{part:<10} FAILED: {error.splitlines()[-1]}")
     return "\n".join(lines)
@@ -479,7 +487,8 @@ def main():
     runs = {"step": lambda: part_step(a, x, theta), "minibatch": lambda: part_minibatch(a, x, theta),
             "lloyd": lambda: part_lloyd(a, x), "seeding": lambda: part_seeding(a, x),
             "select": lambda: part_select(a, device), "ray": lambda: part_ray(a, device),
-            "labelprop": lambda: part_labelprop(a, device), "scale": lambda: part_scale(a, device),
+            "labelprop": lambda: part_floor(a, device, "labelprop"), "scores": lambda: part_floor(a, device, "scores"),
+            "scale": lambda: part_scale(a, device),
             "profile": lambda: part_profile(a, x, theta)}
     for part in parts:
         t = time.perf_counter()

@@ -1,7 +1,6 @@
 """Hierarchical selection (``select --partitions``): the budget split, the cells, resuming, Ray tasks."""
 
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -10,8 +9,8 @@ import pytest
 
 import activeft
 from activeft.errors import ActiveftError
-from activeft.select import get_selector, list_selectors
-from activeft.select.cells import resolve_partitions, select_in_cells
+from activeft.select import cells, get_selector, list_selectors
+from activeft.select.cells import _select_cell, read_cell, regroup, resolve_partitions, select_in_cells
 from activeft.select.quotas import split_budget
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,25 +60,57 @@ def test_cells_select_their_share_and_the_merge_is_deterministic(store, tmp_path
     assert json.loads((tmp_path / "s" / "selection.json").read_text())["config"]["partitions"] == 4
 
 
-def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path):
+def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path, monkeypatch):
     selector = get_selector("kmeans")(seed=0, iterations=10)
-    work = str(tmp_path / "work")
-    args = dict(num_workers=1, use_gpu=False, work=work, precision=None)
+    work = tmp_path / "work"
+    args = dict(num_workers=1, use_gpu=False, work=str(work), precision=None)
     whole = select_in_cells(selector, store, 24, np.zeros(0, np.int64), 3, resume=False, **args)
-    files = {c: os.path.join(work, "cells", f"{c}.json") for c in range(3)}
-    kept = {c: os.stat(f).st_mtime_ns for c, f in files.items() if c != 1}
-    os.remove(files[1])  # as if the run stopped before cell 1 finished
+
+    def stop_at_cell_1(selector, files, unit, *rest):
+        if unit == 1:
+            raise RuntimeError("stopped")
+        return _select_cell(selector, files, unit, *rest)
+
+    monkeypatch.setattr(cells, "_select_cell", stop_at_cell_1)
+    with pytest.raises(RuntimeError, match="stopped"):
+        select_in_cells(selector, store, 24, np.zeros(0, np.int64), 3, resume=False, **args)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (work / "cells").iterdir()) == ["0.json"] and (work / "units").exists()
+    kept = (work / "cells" / "0.json").stat().st_mtime_ns
+    monkeypatch.setattr(cells, "_write_units", lambda *a: pytest.fail("the regrouped rows were written again"))
     resumed = select_in_cells(selector, store, 24, np.zeros(0, np.int64), 3, resume=True, **args)
-    assert resumed["rows"] == whole["rows"] and os.path.exists(files[1])
-    assert {c: os.stat(files[c]).st_mtime_ns for c in kept} == kept
+    assert resumed["rows"] == whole["rows"] and (work / "cells" / "0.json").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in (work / "cells").iterdir()) == ["0.json", "1.json", "2.json"]
+    assert not (work / "units").exists()  # removed once every cell is done
+
+
+def test_cells_read_only_their_own_row_groups(store, tmp_path):
+    found = regroup(store, str(tmp_path / "units"), group=np.arange(900) % 4, exclude=np.array([2, 6, 7]),
+                    dropped=np.arange(0, 900, 4))  # units 1, 2, 3 (unit 0 dropped)
+    assert sorted(found) == [1, 2, 3] and [found[u][1] for u in (1, 2, 3)] == [225] * 3
+    assert [found[u][2].tolist() for u in (1, 2, 3)] == [[], [2, 6], [7]]
+    files = found[1][0]
+    assert len(files) == len(store.shard_bounds) == 3
+    for f in files:  # a row group per unit: a unit's filter skips every other row group
+        meta = pq.ParquetFile(f).metadata
+        stats = [meta.row_group(g).column(0).statistics for g in range(meta.num_row_groups)]
+        assert [(s.min, s.max) for s in stats] == [(1, 1), (2, 2), (3, 3)]
+    got = _select_cell(get_selector("random")(seed=0), found[2][0], 2, found[2][2], 223, "cpu")["rows"]
+    assert sorted(got) == [r for r in range(900) if r % 4 == 2 and r not in (2, 6)]
+    rows, x = read_cell(found[3][0], 3)
+    assert rows.tolist() == list(range(3, 900, 4))
+    np.testing.assert_array_equal(x, store.embeddings()[3::4])
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_cells_as_ray_tasks_select_the_same_as_in_process(store):
-    one = activeft.select(store, 30, method="herding", partitions=3)
-    tasks = activeft.select(store, 30, method="herding", partitions=3, num_workers=2)
-    budgets = [[c["budget"] for c in s.info["partitions"]["cells_table"]] for s in (one, tasks)]
-    assert tasks.ids == one.ids and budgets[0] == budgets[1]
+    selector = get_selector("herding")(seed=0)
+    args = dict(groups=(np.arange(900) % 3, np.array([10, 12, 8])), use_gpu=False, work=None, resume=False,
+                precision=None)  # quota groups as cells: no partition job, only the regroup and cell tasks
+    one = select_in_cells(selector, store, 30, np.array([4, 5]), 0, num_workers=1, **args)
+    tasks = select_in_cells(selector, store, 30, np.array([4, 5]), 0, num_workers=2, **args)
+    assert tasks["rows"] == one["rows"] and len(set(one["rows"]) - {4, 5}) == 30
+    assert np.bincount(np.array(one["rows"]) % 3).tolist() == [10, 12, 8]
 
 
 def test_bad_partitions_are_one_line_and_write_nothing(store, tmp_path):

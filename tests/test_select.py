@@ -6,6 +6,7 @@ import line), as ``test_a_new_selector_needs_one_class`` shows with a throwaway 
 """
 
 import functools
+import importlib
 import json
 import os
 import re
@@ -252,6 +253,22 @@ def test_every_selector_parameter_is_a_select_option(capsys):
     from activeft.stages import get_stage
 
     assert not set(get_stage("select").params) & {n for m in list_selectors() for n in get_selector(m).params}
+
+
+def test_coverage_of_a_large_pool_is_a_fixed_sample_the_same_on_every_rank(monkeypatch):
+    from sharding import sharded
+
+    select_stage = importlib.import_module("activeft.select")  # (the attribute activeft.select is the stage)
+    x = torch.nn.functional.normalize(torch.randn(6000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    rows = torch.arange(0, 6000, 300)
+    exact = select_stage.coverage(Pool(x, 0, 6000), Collectives(), rows)
+    monkeypatch.setattr(select_stage, "COVERAGE_ROWS", 1500)
+    sims = (x @ x[rows].T).max(1).values.double()
+    sampled = select_stage.coverage(Pool(x, 0, 6000), Collectives(), rows)
+    assert exact == pytest.approx(float(sims.mean()), abs=1e-6) and sampled != exact
+    assert abs(sampled - exact) < 4 * float(sims.std()) / 1500 ** 0.5  # within 4 standard errors
+    three = sharded(lambda pool, comm: select_stage.coverage(pool, comm, rows), x, [0, 1000, 4096, 6000])
+    assert three == pytest.approx([sampled] * 3, abs=1e-9)
 
 
 def test_activeft_beats_random_coverage_and_loss_goes_down(store):

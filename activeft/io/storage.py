@@ -289,9 +289,18 @@ def read_json(uri: str):
     return json.loads(read_bytes(uri))
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+def write_parquet(uri: str, table: pa.Table, row_groups: list[int] | None = None, **options) -> None:
+    """Write ``table``; ``row_groups``: the row counts of its consecutive row groups (default: pyarrow's);
+    ``options``: pyarrow's writer options (``use_dictionary``, ...)."""
     with atomic_output(uri) as f:
-        pq.write_table(table, f)
+        if row_groups is None:
+            pq.write_table(table, f, **options)
+            return
+        with pq.ParquetWriter(f, table.schema, **options) as writer:
+            start = 0
+            for rows in row_groups:
+                writer.write_table(table.slice(start, rows), row_group_size=max(rows, 1))
+                start += rows
 
 
 def write_csv(uri: str, table: pa.Table) -> None:
@@ -312,10 +321,11 @@ def write_csv(uri: str, table: pa.Table) -> None:
     write_bytes(uri, buf.getvalue().to_pybytes())
 
 
-def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(uri: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """A Parquet file; ``filters`` (pyarrow's) skip the row groups whose statistics rule them out."""
     with _remote_errors(uri):
         fs, path = resolve(uri)
-        return pq.read_table(path, filesystem=fs, columns=columns)
+        return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
 
 
 def read_table(uri: str) -> pa.Table:

@@ -142,6 +142,11 @@ class EmbeddingStore:
                 "dtype": self.dtype, "partition_size": self.manifest["partition_size"],
                 **self.manifest.get("embed", {})}
 
+    @property
+    def shard_bounds(self) -> list[tuple[int, int]]:
+        """Each shard's global rows ``[start, stop)``."""
+        return list(zip(self._offsets[:-1], self._offsets[1:], strict=True))
+
     def read(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows ``[start, stop)`` in global order, reading only the shards they overlap."""
         stop = len(self) if stop is None else min(stop, len(self))

@@ -222,7 +222,8 @@ def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | 
         resume: bool = False, checkpoint_every: int = 0, transform=None, fail_at: int | None = None,
         precision: str | None = None) -> dict:
     """Run ``job`` over ``store`` (an :class:`~activeft.io.store.EmbeddingStore`) on ``num_workers``
-    workers; return its result (from rank 0). ``precision`` is the pools' (:class:`Pool`)."""
+    workers; return its result (from rank 0, as JSON: the same for one worker and many, so a job
+    returning arrays fails with one too). ``precision`` is the pools' (:class:`Pool`)."""
     if num_workers > len(store):
         raise StoreError(f"{num_workers} workers for a pool of {len(store)} rows: use at most {len(store)}")
     if work is not None and not resume:
@@ -233,7 +234,7 @@ def run(job, store, *, num_workers: int = 1, use_gpu: bool = False, work: str | 
             raise ActiveftError("--use-gpu given but this process sees no CUDA device")
         pool = load_pool(store, 0, 1, device, transform, precision)
         checkpoints = LocalCheckpoints(work, checkpoint_every, fail_at) if work else Checkpoints()
-        return job(pool, Collectives(), checkpoints)
+        return json.loads(json.dumps(job(pool, Collectives(), checkpoints)))  # as it comes back from workers
     temp = None
     if work is None:  # beside the store: every worker reads it, so it is shared storage on a cluster
         work = temp = storage.join(store.uri, "_work", "runs", uuid.uuid4().hex)

@@ -2,14 +2,16 @@
 
 As the curation of Vo et al. (2024, hierarchical k-means before DINOv2's LVD-142M) and SemDeDup's
 clustering step: the engine's distributed k-means (k-means|| seeding, :data:`PARTITION_ITERATIONS`
-Lloyd iterations) gives each row a cell; the budget is split over the cells by their rows
-(:func:`~.quotas.split_budget`: largest remainders, no cell asked for more rows than it has free); the
-selector runs on each cell alone, reading only that cell's rows, cells in parallel as Ray tasks (one
-CPU, or one GPU, each; at most ``num_workers`` at a time); the picks are merged in rounds (every
-cell's first pick, then every cell's second, ...), so any prefix of the ranking is spread over the
-cells. A cell's result is written to the run's work directory when it finishes, so a stopped run
-redoes only the cells it had not finished. The cost of a cell follows its rows, not the pool's: what
-makes a pool of any size tractable, at the price of no pick seeing across a cell border.
+Lloyd iterations) gives the cells' centroids; one pass over the store (a Ray task a shard) gives each
+row its cell, the nearest centroid, and writes the shard's rows grouped by cell (a Parquet row group per
+cell, in the run's work directory); the budget is split over the cells by their rows
+(:func:`~.quotas.split_budget`: largest remainders, no cell asked for more rows than it has free), and
+the selector runs on each cell alone, reading only that cell's row groups, cells in parallel as Ray
+tasks (one CPU, or one GPU, each; at most ``num_workers`` at a time); the picks are
+merged in rounds (every cell's first pick, then every cell's second, ...), so any prefix of the ranking
+is spread over the cells. A cell's result is written to the run's work directory when it finishes, so a
+stopped run redoes only the cells it had not finished. The cost of a cell follows its rows, not the
+pool's: what makes a pool of any size tractable, at the price of no pick seeing across a cell border.
 
 Quotas (``--balance-by``, :mod:`.quotas`) run the same way: each group of the column is a cell of its
 own (cut into its share of the k-means cells when partitions are on too), with its quota as budget.
@@ -22,13 +24,15 @@ import logging
 import math
 import re
 import time
+import uuid
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ..engine import Collectives, FlatIndex, Pool, kmeans
 from ..io import storage
-from ..io.store import EmbeddingStore
+from ..io.store import EmbeddingStore, embedding_array, embedding_matrix, shard_name
 from ..runtime.runner import run
 from .quotas import split_budget
 from .registry import Selector
@@ -61,23 +65,87 @@ def resolve_partitions(partitions, rows: int) -> int:
 
 
 def _partition_job(cells: int, seed: int, pool, comm, checkpoints) -> dict:
-    """Every row's cell: k-means of the whole pool, each row to its nearest centroid."""
+    """The cells' centroids: k-means of the whole pool (a row's cell is its nearest centroid)."""
     centroids, history = kmeans(pool, comm, cells, iterations=PARTITION_ITERATIONS, init="kmeans||", seed=seed,
                                 tag="partition")
-    assign = FlatIndex(centroids, "l2", precision=pool.precision).search(pool.x, scores=False)[0]
-    return {"cells": pool.whole(assign, comm).cpu().tolist(), "inertia": history[-1]}
+    return {"centroids": centroids.cpu().tolist(), "inertia": history[-1]}
 
 
-def _select_cell(selector: Selector, store_uri: str, rows: np.ndarray, exclude: np.ndarray, budget: int,
+def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None, partition: tuple | None,
+                 held: np.ndarray, dropped: np.ndarray, path: str, device: str) -> dict:
+    """Rows ``[start, stop)`` of the store (one shard) written to ``path`` by unit, a row group each (columns
+    ``unit``, ``row``, ``embedding``): a row's unit is its group (``group``, else 0) times the cells plus its
+    cell, the nearest of ``partition``'s ``(cells, centroids, precision)``; ``dropped`` rows are left out.
+    -> the units written, their rows, and the unit of each ``held`` row."""
+    store = EmbeddingStore(store_uri)
+    x = store.embeddings(start, stop, dtype=store.dtype)
+    unit = np.zeros(stop - start, np.int64) if group is None else np.array(group, np.int64)  # (a copy: writable)
+    if partition is not None:
+        cells, centroids, precision = partition
+        index = FlatIndex(torch.tensor(centroids, dtype=torch.float32, device=device), "l2", precision=precision)
+        cell = index.search(torch.from_numpy(x.astype(np.float32, copy=False)).to(device), scores=False)[0]
+        unit = unit * cells + cell.cpu().numpy()
+    held_units = unit[held - start].tolist()
+    unit[dropped - start] = -1
+    order = np.flatnonzero(unit >= 0)
+    order = order[np.argsort(unit[order], kind="stable")]
+    units, counts = np.unique(unit[order], return_counts=True)
+    storage.write_parquet(path, pa.table({"unit": pa.array(unit[order]), "row": order + start,
+                                          "embedding": embedding_array(x[order], store.dtype)}),
+                          row_groups=counts.tolist(), use_dictionary=False)  # (a float dictionary is dead weight)
+    return {"path": path, "units": units.tolist(), "rows": counts.tolist(), "held": held_units}
+
+
+def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = None, partition: tuple | None = None,
+            exclude: np.ndarray, dropped: np.ndarray, num_workers: int = 1, use_gpu: bool = False,
+            resume: bool = False) -> dict:
+    """Each shard's rows grouped by unit under ``where`` (:func:`_write_units`: one pass over the store,
+    shards in parallel as Ray tasks), so that a cell reads only its own rows, not every shard that holds
+    one of them. -> ``{unit: (files, rows, excluded rows)}``. A resumed run reuses a finished one."""
+    done = storage.join(where, "_units.json")
+    if resume and storage.exists(done):
+        shards = storage.read_json(done)
+    else:
+        def within(rows, lo, hi):
+            return rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)]
+
+        args = {i: (store.uri, lo, hi, None if group is None else group[lo:hi], partition, within(exclude, lo, hi),
+                    within(dropped, lo, hi), storage.join(where, shard_name(i)), "cuda" if use_gpu else "cpu")
+                for i, (lo, hi) in enumerate(store.shard_bounds)}
+        shards = [r for _, r in sorted(_each(_write_units, args, num_workers, use_gpu))]
+        for (lo, hi), r in zip(store.shard_bounds, shards, strict=True):
+            r["held"] = [[u, int(row)] for u, row in zip(r["held"], within(exclude, lo, hi), strict=True)]
+        storage.write_json(done, shards)
+    units = {}
+    for r in shards:
+        for u, n in zip(r["units"], r["rows"], strict=True):
+            files, rows, held = units.setdefault(u, ([], [0], []))
+            files.append(r["path"])
+            rows[0] += n
+        for u, row in r["held"]:
+            units[u][2].append(row)
+    return {u: (files, rows[0], np.array(sorted(held), np.int64)) for u, (files, rows, held) in units.items()}
+
+
+def read_cell(files: list[str], unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """One cell's global rows (ascending) and float32 embeddings, from the row groups of ``unit`` in the
+    :func:`regroup` ``files`` that hold it."""
+    table = pa.concat_tables([storage.read_parquet(f, ["row", "embedding"], filters=[("unit", "=", unit)])
+                              for f in files])
+    return table.column("row").to_numpy(), embedding_matrix(table.column("embedding"))
+
+
+def _select_cell(selector: Selector, files: list[str], unit: int, exclude: np.ndarray, budget: int,
                  device: str) -> dict:
-    """The selector on one cell's rows alone: its picks as global rows, their columns, its info. A cell
-    asked for all its free rows gives them in row order, without the selector (no columns)."""
+    """The selector on one cell's rows alone (read from its regrouped ``files``): its picks as global
+    rows, their columns, its info. A cell asked for all its free rows gives them in row order, without
+    the selector (no columns)."""
     start = time.perf_counter()
+    rows, x = read_cell(files, unit)
     if budget == len(rows) - len(exclude):
         return {"rows": np.setdiff1d(rows, exclude).tolist(), "columns": {}, "info": {}, "seconds": 0.0}
-    x = torch.from_numpy(EmbeddingStore(store_uri).embeddings_at(rows)).to(device)
-    local = torch.from_numpy(np.searchsorted(rows, exclude))
-    result = selector.fit(Pool(x, 0, len(rows)), Collectives(), budget, local, None)
+    result = selector.fit(Pool(torch.from_numpy(x).to(device), 0, len(rows)), Collectives(), budget,
+                          torch.from_numpy(np.searchsorted(rows, exclude)), None)
     return {"rows": rows[np.asarray(result.rows)].tolist(),
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str))},
@@ -91,46 +159,52 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
     0: one cell), or inside each quota group of ``groups`` (each row's group and each group's budget,
     :mod:`.quotas`), cut into its share of the cells: ``{"rows", "columns", "info"}`` as a flat
     selection's job returns them, with a ``cell`` column (with cells) and ``info["partitions"]``: each
-    cell's group, rows, excluded rows, budget and seconds. ``dropped`` rows are never selected."""
+    cell's group, rows, excluded rows, budget and seconds. ``dropped`` rows are never selected. The
+    driver holds a few numbers a cell, never one a row (but the quota groups' codes)."""
     start = time.perf_counter()
     if work and not resume:
         storage.delete(storage.join(work, "cells"))
-    assign, parts = np.zeros(len(store), dtype=np.int64), {}
+        storage.delete(storage.join(work, "units"))
+    parts = {}
     if cells:
         parts = run(functools.partial(_partition_job, cells, selector.seed), store, num_workers=num_workers,
                     use_gpu=use_gpu, work=work and storage.join(work, "partition"), resume=resume,
                     precision=precision)
-        assign = np.asarray(parts["cells"], dtype=np.int64)
-    group = np.zeros(len(store), dtype=np.int64) if groups is None else groups[0]
-    keys, unit = np.unique(group * max(cells, 1) + assign, return_inverse=True)  # (group, cell) pairs present
-    if dropped is not None:
-        unit[dropped] = -1
-    order = np.argsort(unit, kind="stable")  # by cell, rows ascending; dropped rows (-1) first, left out
-    bounds = np.searchsorted(unit[order], np.arange(len(keys) + 1))
-    members = [order[bounds[u]:bounds[u + 1]] for u in range(len(keys))]
-    held = [exclude[np.isin(exclude, m)] for m in members]
-    sizes = np.array([len(m) for m in members])
-    free = sizes - np.array([len(h) for h in held])
-    owner = keys // max(cells, 1)
-    budgets = np.zeros(len(keys), dtype=np.int64)
-    for g in np.unique(owner):
-        mine = owner == g
-        budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[1][g]))
-    partition_s = time.perf_counter() - start
-    log.info("select: %d cells of %d to %d rows (partition in %.1f s); budgets %d to %d", len(keys), sizes.min(),
-             sizes.max(), partition_s, budgets.min(), budgets.max())
-    device = "cuda" if use_gpu else "cpu"
-    done = {}
-    todo = [u for u in range(len(keys)) if budgets[u] > 0]
-    for u in todo:
-        path = work and storage.join(work, "cells", f"{keys[u]}.json")
-        if resume and path and storage.exists(path):
-            done[u] = storage.read_json(path)
-    args = {u: (selector, store.uri, members[u], held[u], int(budgets[u]), device) for u in todo if u not in done}
-    for u, result in _each(args, num_workers, use_gpu):
-        done[u] = result
-        if work:
-            storage.write_json(storage.join(work, "cells", f"{keys[u]}.json"), result)
+    # without a work directory, beside the store (as runner.run's): the tasks on every node read it
+    where = storage.join(work, "units") if work else storage.join(store.uri, "_work", "cells", uuid.uuid4().hex)
+    done, todo = {}, []
+    try:
+        found = regroup(store, where, group=None if groups is None else groups[0], exclude=exclude,
+                        partition=(cells, parts["centroids"], precision) if cells else None,
+                        dropped=np.zeros(0, np.int64) if dropped is None else dropped, num_workers=num_workers,
+                        use_gpu=use_gpu, resume=resume)
+        keys = np.array(sorted(found), dtype=np.int64)  # (group, cell) pairs present
+        held = [found[k][2] for k in keys]
+        sizes = np.array([found[k][1] for k in keys])
+        free = sizes - np.array([len(h) for h in held])
+        owner = keys // max(cells, 1)
+        budgets = np.zeros(len(keys), dtype=np.int64)
+        for g in np.unique(owner):
+            mine = owner == g
+            budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[1][g]))
+        partition_s = time.perf_counter() - start
+        log.info("select: %d cells of %d to %d rows (partition and regroup in %.1f s); budgets %d to %d", len(keys),
+                 sizes.min(), sizes.max(), partition_s, budgets.min(), budgets.max())
+        device = "cuda" if use_gpu else "cpu"
+        todo = [u for u in range(len(keys)) if budgets[u] > 0]
+        for u in todo:
+            path = work and storage.join(work, "cells", f"{keys[u]}.json")
+            if resume and path and storage.exists(path):
+                done[u] = storage.read_json(path)
+        args = {u: (selector, found[keys[u]][0], int(keys[u]), held[u], int(budgets[u]), device)
+                for u in todo if u not in done}
+        for u, result in _each(_select_cell, args, num_workers, use_gpu):
+            done[u] = result
+            if work:
+                storage.write_json(storage.join(work, "cells", f"{keys[u]}.json"), result)
+    finally:
+        if not work or (todo and len(done) == len(todo)):
+            storage.delete(where)  # kept only for a resumed run to reuse
     ordered = [done[u] for u in todo]
     rank = np.concatenate([np.arange(len(r["rows"])) for r in ordered])
     at = np.concatenate([np.full(len(r["rows"]), u) for u, r in zip(todo, ordered, strict=True)])
@@ -151,19 +225,19 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
                      "seconds_select": round(time.perf_counter() - start, 3)}}
 
 
-def _each(args: dict, num_workers: int, use_gpu: bool):
-    """``(cell, result)`` of :func:`_select_cell` for each cell's arguments: in this process with one
-    worker, else as Ray tasks, at most ``num_workers`` running."""
+def _each(fn, args: dict, num_workers: int, use_gpu: bool):
+    """``(key, fn(*a))`` for each ``key: a`` of ``args``: in this process with one worker, else as Ray
+    tasks (one CPU, or one GPU, each), at most ``num_workers`` running."""
     if num_workers == 1:
         for c, a in args.items():
-            yield c, _select_cell(*a)
+            yield c, fn(*a)
         return
     import ray
 
     from ..runtime import cluster
 
     cluster.init()
-    task = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0, max_retries=3)(_select_cell)
+    task = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0, max_retries=3)(fn)
     pending, running = list(args.items()), {}
     while pending or running:
         while pending and len(running) < num_workers:
