@@ -165,13 +165,6 @@ def test_a_selection_with_dedup_holds_no_two_near_copies(store, tmp_path, method
     assert pq.read_table(tmp_path / "sel" / "duplicates.parquet").num_rows == info["dedup"]["duplicates"]
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-def test_two_ray_workers_give_the_same_groups(store):
-    one = activeft.dedup(store, threshold=T, keep="central")
-    assert activeft.dedup(store, threshold=T, keep="central", num_workers=2).equals(one)
-
-
 def test_the_scheduled_pipeline_dedups_before_selecting(tmp_path):
     from activeft.config import load_config
 

@@ -175,11 +175,15 @@ def test_every_selector_refuses_each_bad_parameter_in_one_line(store, method):
 
 @pytest.mark.usefixtures("ray_session")
 def test_two_workers_select_the_same_as_one(store):
-    """Every selector declared worker-invariant, and the mapping, on a real Ray Train worker group of 2 (one
-    group for all)."""
+    """Every selector declared worker-invariant, the mapping, the scores (neighbours, density, near-duplicate
+    groups: ``activeft dedup``'s job) and the coverage, on a real Ray Train worker group of 2 (one group for
+    all)."""
     from jobs import each_job, mapping_job, selectors_job
 
     from activeft.runtime.runner import run
+    from activeft.scores import _scores_job
+
+    select_stage = importlib.import_module("activeft.select")
 
     methods = [m for m in list_selectors() if get_selector(m).worker_invariant]
     job = functools.partial(selectors_job, methods, 20, 5)
@@ -189,9 +193,14 @@ def test_two_workers_select_the_same_as_one(store):
     # past the frontier; the sequential greedy's rows on two workers
     c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
     c = torch.nn.functional.normalize(c, dim=1)
-    one = run(job, store)
-    two, mapping = run(functools.partial(each_job, [job, functools.partial(mapping_job, c, 2)]), store, num_workers=2)
+    same = [functools.partial(_scores_job, 10, 0.01, 0.98, 0),
+            functools.partial(select_stage._coverage_job, list(range(0, 720, 9)), list(range(3, 720, 7)))]
+    one, *others = run(functools.partial(each_job, [job, *same]), store)
+    two, mapping, *others_two = run(functools.partial(each_job, [job, functools.partial(mapping_job, c, 2), *same]),
+                                    store, num_workers=2)
     assert mapping["rows"] == brute_greedy(x, c)
+    assert len(others[0]["duplicates"]) == 36 and others_two[0] == others[0]
+    assert others_two[1]["coverage"] == pytest.approx(others[1]["coverage"], abs=1e-6)
     for method in methods:
         assert two[method]["rows"] == one[method]["rows"], method
         for key, values in one[method]["history"].items():  # loss, inertia: the same run, step by step
