@@ -132,8 +132,8 @@ def test_lp_ft_on_two_workers_weighted_stopped_and_resumed_continues_at_the_righ
     plain.load_state_dict(load_file(os.path.join(out, "model.safetensors")))
     assert classes == ["horizontal", "vertical"] and model.head.weight.shape == (2, 512)
     probe = activeft.finetune(store, train=weighted, val=val, output=str(tmp_path / "probe"))
-    probe_head = activeft.load_model(str(tmp_path / "probe"))[0].head.weight
+    probe_head = activeft.load_model(str(tmp_path / "probe"))[0].head.weight.detach()
     # LP-FT starts from the linear probe, and three epochs at a tiny learning rate move it only a little
-    moved = float((model.head.weight - probe_head).detach().abs().max())
+    moved = float((model.head.weight.detach() - probe_head).abs().max())
     assert 0 < moved < 0.01 * float(probe_head.abs().max())
     assert abs(info["final_val_accuracy"] - probe["final_val_accuracy"]) <= 0.25

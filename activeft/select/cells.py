@@ -116,15 +116,14 @@ def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = Non
         for (lo, hi), r in zip(store.shard_bounds, shards, strict=True):
             r["held"] = [[u, int(row)] for u, row in zip(r["held"], within(exclude, lo, hi), strict=True)]
         storage.write_json(done, shards)
-    units = {}
+    files, rows, held = {}, {}, {}
     for r in shards:
         for u, n in zip(r["units"], r["rows"], strict=True):
-            files, rows, held = units.setdefault(u, ([], [0], []))
-            files.append(r["path"])
-            rows[0] += n
+            files.setdefault(u, []).append(r["path"])
+            rows[u] = rows.get(u, 0) + n
         for u, row in r["held"]:
-            units[u][2].append(row)
-    return {u: (files, rows[0], np.array(sorted(held), np.int64)) for u, (files, rows, held) in units.items()}
+            held.setdefault(u, []).append(row)
+    return {u: (files[u], rows[u], np.array(sorted(held.get(u, [])), np.int64)) for u in files}
 
 
 def read_cell(files: list[str], unit: int) -> tuple[np.ndarray, np.ndarray]:
