@@ -30,11 +30,11 @@ def phase(store_uri: str, cells: int, way: str) -> dict:
     checksum = 0.0
     if way == "store":
         sizes = [os.path.getsize(os.path.join(store_uri, s["name"])) for s in store.shards]
+        starts = [lo for lo, _ in store.shard_bounds]
         for c in range(cells):
             rows = np.flatnonzero(unit == c)
             x = store.embeddings_at(rows)
             checksum += float(x[:, 0].sum())
-            starts = [lo for lo, _ in store.shard_bounds]
             read += sum(sizes[i] for i in np.unique(np.searchsorted(starts, rows, side="right") - 1))
     else:
         where = tempfile.mkdtemp(dir=os.path.dirname(store_uri))

@@ -76,7 +76,7 @@ def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None
     """Rows ``[start, stop)`` of the store (one shard) written to ``path`` by unit, a row group each (columns
     ``unit``, ``row``, ``embedding``): a row's unit is its group (``group``, else 0) times the cells plus its
     cell, the nearest of ``partition``'s ``(cells, centroids, precision)``; ``dropped`` rows are left out.
-    -> the units written, their rows, and the unit of each ``held`` row."""
+    -> the units written, their rows, and each ``held`` row with its unit."""
     store = EmbeddingStore(store_uri)
     x = store.embeddings(start, stop, dtype=store.dtype)
     unit = np.zeros(stop - start, np.int64) if group is None else np.array(group, np.int64)  # (a copy: writable)
@@ -85,7 +85,7 @@ def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None
         index = FlatIndex(torch.tensor(centroids, dtype=torch.float32, device=device), "l2", precision=precision)
         cell = index.search(torch.from_numpy(x.astype(np.float32, copy=False)).to(device), scores=False)[0]
         unit = unit * cells + cell.cpu().numpy()
-    held_units = unit[held - start].tolist()
+    held = [[int(u), int(r)] for u, r in zip(unit[held - start], held, strict=True)]
     unit[dropped - start] = -1
     order = np.flatnonzero(unit >= 0)
     order = order[np.argsort(unit[order], kind="stable")]
@@ -93,7 +93,7 @@ def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None
     storage.write_parquet(path, pa.table({"unit": pa.array(unit[order]), "row": order + start,
                                           "embedding": embedding_array(x[order], store.dtype)}),
                           row_groups=counts.tolist(), use_dictionary=False)  # (a float dictionary is dead weight)
-    return {"path": path, "units": units.tolist(), "rows": counts.tolist(), "held": held_units}
+    return {"path": path, "units": units.tolist(), "rows": counts.tolist(), "held": held}
 
 
 def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = None, partition: tuple | None = None,
@@ -113,8 +113,6 @@ def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = Non
                     within(dropped, lo, hi), storage.join(where, shard_name(i)), "cuda" if use_gpu else "cpu")
                 for i, (lo, hi) in enumerate(store.shard_bounds)}
         shards = [r for _, r in sorted(_each(_write_units, args, num_workers, use_gpu))]
-        for (lo, hi), r in zip(store.shard_bounds, shards, strict=True):
-            r["held"] = [[u, int(row)] for u, row in zip(r["held"], within(exclude, lo, hi), strict=True)]
         storage.write_json(done, shards)
     files, rows, held = {}, {}, {}
     for r in shards:
