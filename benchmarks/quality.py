@@ -158,6 +158,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budgets", default="60,120,300,600")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--pool-size", type=int, help="a random subset of the 60,000 pool images (default: all)")
     p.add_argument("--test-size", type=int, help="a random subset of the 10,000 test images (default: all)")
@@ -202,7 +203,7 @@ def main(argv=None) -> dict:
     params = json.loads(args.params)
     rows = []
     for budget in budgets:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for method in methods:
                 rows.append(run_cell(pool, test, truth, method, budget, seed, args.workdir, params,
                                      args.protocols.split(",")))

@@ -7,7 +7,8 @@ starts it: a process can join one Ray only). Writes what it saw as JSON to ``arg
   in this process gives;
 - select with W = 3 (a worker a node), one node removed once Ray Train has registered a checkpoint and a
   new one added 3 s later: the run restarts from the checkpoint and selects what the run in this
-  process selects, with the same loss at every iteration.
+  process selects, with the same loss at every iteration;
+- a hierarchical select (3 cells) with its tasks on the three nodes: what it selects in this process.
 """
 
 import glob
@@ -67,7 +68,7 @@ def main(work: str, report: str) -> None:
     os.environ["RAY_ADDRESS"] = cluster.address
     import ray
     from images import direct_embeddings, write_images
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_tasks
 
     import activeft
 
@@ -122,6 +123,18 @@ def main(work: str, report: str) -> None:
         seen["select_resumed_from"] = sel.info["resumed_from_iteration"]
         seen["select_equal"] = sel.ids == clean.ids
         seen["select_loss_equal"] = bool(np.allclose(sel.info["loss_history"], clean.info["loss_history"], rtol=1e-6))
+        seen["select_finished"] = time.time()
+
+        # hierarchical: the partition's sample, the regroup and the cells as Ray tasks over the three nodes
+        cells = dict(method="kmeans", partitions=3, seed=2)
+        spread = activeft.select(pool, 15, num_workers=3, **cells)
+        def cell_nodes():  # (the task events reach the state API a second or so after the tasks)
+            return {t.node_id for t in list_tasks(detail=True, limit=10_000) if "_select_cell" in t.name} - {None}
+
+        until(lambda: len(cell_nodes()) >= 2, "the cell tasks' events on two nodes", timeout=30)
+        seen["cells_nodes"] = len(cell_nodes())
+        seen["cells_equal"] = spread.ids == activeft.select(pool, 15, **cells).ids
+        seen["cells_finished"] = time.time()
     finally:
         with open(report, "w") as f:
             json.dump(seen, f)

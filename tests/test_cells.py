@@ -6,11 +6,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import activeft
+from activeft.engine import Collectives, Pool, generator, sample_rows
 from activeft.errors import ActiveftError
 from activeft.select import cells, get_selector, list_selectors
+from activeft.select import coverage as coverage_module
 from activeft.select.cells import _select_cell, read_cell, regroup, resolve_partitions, select_in_cells
+from activeft.select.coverage import coverage_by_shard
 from activeft.select.quotas import split_budget
 
 pytestmark = pytest.mark.timeout(240)
@@ -106,11 +110,37 @@ def test_cells_read_only_their_own_row_groups(store, tmp_path):
 def test_cells_as_ray_tasks_select_the_same_as_in_process(store):
     selector = get_selector("herding")(seed=0)
     args = dict(groups=(np.arange(900) % 3, np.array([10, 12, 8])), use_gpu=False, work=None, resume=False,
-                precision=None)  # quota groups as cells: no partition job, only the regroup and cell tasks
-    one = select_in_cells(selector, store, 30, np.array([4, 5]), 0, num_workers=1, **args)
-    tasks = select_in_cells(selector, store, 30, np.array([4, 5]), 0, num_workers=2, **args)
+                precision=None)  # quota groups, each cut into 2 cells: the partition, regroup and cell tasks
+    one = select_in_cells(selector, store, 30, np.array([4, 5]), 2, num_workers=1, **args)
+    tasks = select_in_cells(selector, store, 30, np.array([4, 5]), 2, num_workers=2, **args)
     assert tasks["rows"] == one["rows"] and len(set(one["rows"]) - {4, 5}) == 30
     assert np.bincount(np.array(one["rows"]) % 3).tolist() == [10, 12, 8]
+    assert tasks["info"]["partitions"]["partition_inertia"] == one["info"]["partitions"]["partition_inertia"]
+    random_rows = np.arange(1, 900, 30)
+    by_shard = [coverage_by_shard(store, one["rows"], random_rows, num_workers=w, use_gpu=False, precision=None)
+                for w in (1, 2)]
+    assert by_shard[0]["coverage"] == by_shard[1]["coverage"] > by_shard[0]["coverage_random"]
+
+
+def test_the_partition_is_fitted_on_a_fixed_sample_and_coverage_by_shard_equals_the_pool_jobs(store, monkeypatch):
+    monkeypatch.setattr(cells, "PARTITION_SAMPLE", 50)  # 150 of the 900 rows for 3 cells
+    fit = cells.fit_partition(store, 3, 0, num_workers=1, use_gpu=False, precision=None)
+    assert fit["sample"] == 150 and fit == cells.fit_partition(store, 3, 0, num_workers=1, use_gpu=False,
+                                                               precision=None)
+    rows = torch.from_numpy(np.sort(sample_rows(900, 150, generator(0)).numpy()))
+    x = torch.from_numpy(store.embeddings())
+    centroids = torch.tensor(fit["centroids"])
+    inertia = ((x[rows][:, None] - centroids[None]) ** 2).sum(2).min(1).values.sum()  # of the sample's rows
+    assert float(inertia) == pytest.approx(fit["inertia"], rel=1e-4)
+    selected, random_rows = np.arange(0, 900, 50), np.arange(7, 900, 90)
+    pool = Pool(x, 0, 900)
+    for n in (2000, 200):  # every row, then a sample of 200
+        monkeypatch.setattr(coverage_module, "COVERAGE_ROWS", n)
+        want = coverage_module.coverage_job(selected, random_rows, pool, Collectives(), None)
+        got = coverage_by_shard(store, selected, random_rows, num_workers=1, use_gpu=False, precision=None)
+        assert got["coverage_rows"] == want["coverage_rows"] == min(n, 900)
+        assert got["coverage"] == pytest.approx(want["coverage"], abs=1e-7)
+        assert got["coverage_random"] == pytest.approx(want["coverage_random"], abs=1e-7)
 
 
 def test_bad_partitions_are_one_line_and_write_nothing(store, tmp_path):

@@ -1,5 +1,5 @@
 """Three Ray nodes on this machine (``tests/multinode.py``, in its own process with its own head): embed
-and select across nodes, and a node lost in the middle of each."""
+and select across nodes, a node lost in the middle of each, and a hierarchical select's tasks on every node."""
 
 import json
 import os
@@ -29,6 +29,7 @@ def test_embed_and_select_survive_a_lost_node(tmp_path):
         out, _ = proc.communicate()
     seen = json.loads(report.read_text()) if report.exists() else {}
     assert proc.returncode == 0, out[-4000:]
-    assert seen["embed_nodes"] >= 2 and seen["embed_ids_equal"] and seen["embed_max_error"] < 1e-4
-    assert seen["select_nodes"] == 3 and seen["select_resumed_from"] is not None
-    assert seen["select_equal"] and seen["select_loss_equal"]
+    assert seen["embed_nodes"] >= 2 and seen["embed_ids_equal"] and seen["embed_max_error"] < 1e-4, seen
+    assert seen["select_nodes"] == 3 and seen["select_resumed_from"] is not None, seen
+    assert seen["select_equal"] and seen["select_loss_equal"], seen
+    assert seen["cells_nodes"] >= 2 and seen["cells_equal"], seen

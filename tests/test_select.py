@@ -182,8 +182,7 @@ def test_two_workers_select_the_same_as_one(store):
 
     from activeft.runtime.runner import run
     from activeft.scores import _scores_job
-
-    select_stage = importlib.import_module("activeft.select")
+    from activeft.select.coverage import coverage_job
 
     methods = [m for m in list_selectors() if get_selector(m).worker_invariant]
     job = functools.partial(selectors_job, methods, 20, 5)
@@ -194,7 +193,7 @@ def test_two_workers_select_the_same_as_one(store):
     c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
     c = torch.nn.functional.normalize(c, dim=1)
     same = [functools.partial(_scores_job, 10, 0.01, 0.98, 0),
-            functools.partial(select_stage._coverage_job, list(range(0, 720, 9)), list(range(3, 720, 7)))]
+            functools.partial(coverage_job, list(range(0, 720, 9)), list(range(3, 720, 7)))]
     one, *others = run(functools.partial(each_job, [job, *same]), store)
     two, mapping, *others_two = run(functools.partial(each_job, [job, functools.partial(mapping_job, c, 2), *same]),
                                     store, num_workers=2)
@@ -267,7 +266,7 @@ def test_every_selector_parameter_is_a_select_option(capsys):
 def test_coverage_of_a_large_pool_is_a_fixed_sample_the_same_on_every_rank(monkeypatch):
     from sharding import sharded
 
-    select_stage = importlib.import_module("activeft.select")  # (the attribute activeft.select is the stage)
+    select_stage = importlib.import_module("activeft.select.coverage")
     x = torch.nn.functional.normalize(torch.randn(6000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     rows = torch.arange(0, 6000, 300)
     exact = select_stage.coverage(Pool(x, 0, 6000), Collectives(), rows)

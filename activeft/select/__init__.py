@@ -27,7 +27,6 @@ from ..engine import (
     PRECISIONS,
     generator,
     lowest,
-    nearest,
     neighbourhood,
     resolve_precision,
     sample_rows,
@@ -42,13 +41,13 @@ from ..runtime.runner import run
 from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .cells import parse_partitions, resolve_partitions, select_in_cells
+from .coverage import coverage_by_shard, coverage_job
 from .quotas import column_groups, group_budgets, parse_quotas
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
 SELECTION = "selection.json"
 OUTLIERS = "outliers.parquet"
-COVERAGE_ROWS = 1 << 17  # coverage of larger pools is measured on a sample of this many rows
 KIND = protocol.Kind("selection", SELECTION,
                      r"selection\.(parquet|csv|json)|report\.html|duplicates\.parquet|outliers\.parquet")
 
@@ -264,8 +263,8 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
                                      groups=groups and (groups[1], budgets), num_workers=num_workers,
                                      use_gpu=use_gpu, work=work, resume=resume, precision=precision)
             random_rows = sample_rows(len(store), budget, generator(seed + 1), torch.from_numpy(exclude_rows))
-            result["info"].update(run(functools.partial(_coverage_job, result["rows"], random_rows.tolist()), store,
-                                      num_workers=num_workers, use_gpu=use_gpu, precision=precision))
+            result["info"].update(coverage_by_shard(store, result["rows"], random_rows.numpy(),
+                                                    num_workers=num_workers, use_gpu=use_gpu, precision=precision))
         else:
             dedup_args = None if dedup is None else (dedup, dedup_keep, seed)
             job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows), dedup_args,
@@ -339,7 +338,7 @@ def _select_job(selector: Selector, budget: int, exclude, dedup, outliers, pool,
             "columns": {k: np.asarray(v).tolist() for k, v in result.columns.items()},
             "info": {**result.info, "seconds_select": round(seconds, 3),
                      "precision": resolve_precision(pool.precision, pool.device),
-                     **_coverage_job(rows, random_rows, pool, comm, checkpoints),
+                     **coverage_job(rows, random_rows, pool, comm, checkpoints),
                      **({} if found is None else {"dedup": {**found["info"],
                                                             "dropped": len(dropped) - len(outliers)}})},
             **({} if found is None else {"duplicates": found})}
@@ -350,32 +349,6 @@ def _outliers_job(fraction: float, seed: int, pool, comm, checkpoints) -> dict:
     _, density = neighbourhood(pool, comm, DENSITY_K, seed=seed)
     rows = lowest(density, fraction)
     return {"rows": rows.tolist(), "density": density[rows].tolist()}
-
-
-def _coverage_job(rows, random_rows, pool, comm, checkpoints) -> dict:
-    """The coverage of a selection and of a random one, the rows it was measured on, and its seconds."""
-    t0 = time.perf_counter()
-    return {"coverage": coverage(pool, comm, rows), "coverage_random": coverage(pool, comm, random_rows),
-            "coverage_rows": min(pool.size, COVERAGE_ROWS), "seconds_coverage": round(time.perf_counter() - t0, 3)}
-
-
-def coverage(pool, comm, rows) -> float:
-    """Mean cosine similarity of the pool's rows to their nearest row in ``rows``: of every row, or, in a
-    pool of more than :data:`COVERAGE_ROWS` rows, of a fixed uniform sample of that many (its standard
-    error is the similarities' deviation / 362, about 3e-4). The rows measured are gathered on every rank,
-    which searches the selected rows it holds; the best of every rank is taken. Work: O(sample x rows /
-    ranks) a rank; moved: the sample's vectors, never the selection's."""
-    import torch
-
-    measured = torch.arange(pool.size)
-    if pool.size > COVERAGE_ROWS:
-        measured = sample_rows(pool.size, COVERAGE_ROWS, generator(0)).sort().values
-    queries = pool.gather_rows(measured, comm)
-    mine = pool.local(torch.as_tensor(rows, dtype=torch.long))[1]
-    best = torch.full((len(measured),), -torch.inf, device=pool.device)
-    if len(mine):
-        best = nearest(queries, pool.x[mine].float(), "ip", precision=pool.precision)[1].float()
-    return float(comm.all_gather(best).max(0).values.double().mean())
 
 
 def _write(out: protocol.Output, selection: Selection) -> None:

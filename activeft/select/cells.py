@@ -1,17 +1,19 @@
 """Hierarchical selection: cut the pool into k-means cells, select inside each cell, merge.
 
 As the curation of Vo et al. (2024, hierarchical k-means before DINOv2's LVD-142M) and SemDeDup's
-clustering step: the engine's distributed k-means (k-means|| seeding, :data:`PARTITION_ITERATIONS`
-Lloyd iterations) gives the cells' centroids; one pass over the store (a Ray task a shard) gives each
-row its cell, the nearest centroid, and writes the shard's rows grouped by cell (a Parquet row group per
-cell, in the run's work directory); the budget is split over the cells by their rows
-(:func:`~.quotas.split_budget`: largest remainders, no cell asked for more rows than it has free), and
-the selector runs on each cell alone, reading only that cell's row groups, cells in parallel as Ray
-tasks (one CPU, or one GPU, each; at most ``num_workers`` at a time); the picks are
-merged in rounds (every cell's first pick, then every cell's second, ...), so any prefix of the ranking
-is spread over the cells. A cell's result is written to the run's work directory when it finishes, so a
-stopped run redoes only the cells it had not finished. The cost of a cell follows its rows, not the
-pool's: what makes a pool of any size tractable, at the price of no pick seeing across a cell border.
+clustering step: the engine's k-means (k-means|| seeding, :data:`PARTITION_ITERATIONS` Lloyd
+iterations) of a fixed uniform sample of :data:`PARTITION_SAMPLE` rows a cell gives the cells'
+centroids (as faiss trains its k-means on at most ``max_points_per_centroid`` rows a centroid); one
+pass over the store (a Ray task a shard) gives each row its cell, the nearest centroid, and writes the
+shard's rows grouped by cell (a Parquet row group per cell, in the run's work directory); the budget is
+split over the cells by their rows (:func:`~.quotas.split_budget`: largest remainders, no cell asked for
+more rows than it has free), and the selector runs on each cell alone, reading only that cell's row
+groups, cells in parallel as Ray tasks (one CPU, or one GPU, each; at most ``num_workers`` at a time);
+the picks are merged in rounds (every cell's first pick, then every cell's second, ...), so any prefix of
+the ranking is spread over the cells. A cell's result is written to the run's work directory when it
+finishes, so a stopped run redoes only the cells it had not finished. Neither the driver nor a task ever
+holds the pool: the cost of a cell follows its rows, and memory one cell or one shard, what makes a pool
+of any size tractable, at the price of no pick seeing across a cell border.
 
 Quotas (``--balance-by``, :mod:`.quotas`) run the same way: each group of the column is a cell of its
 own (cut into its share of the k-means cells when partitions are on too), with its quota as budget.
@@ -19,7 +21,6 @@ own (cut into its share of the k-means cells when partitions are on too), with i
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -30,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..engine import Collectives, FlatIndex, Pool, kmeans
+from ..engine import Collectives, FlatIndex, Pool, generator, kmeans, sample_rows
 from ..io import storage
 from ..io.store import EmbeddingStore, embedding_array, embedding_matrix, shard_name
-from ..runtime.runner import run
+from ..runtime.tasks import gather, tasks, within
 from .quotas import split_budget
 from .registry import Selector
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 CELL_ROWS = 250_000  # rows per cell that ``partitions="auto"`` aims at
 AUTO_ABOVE = 1_000_000  # ``partitions="auto"`` cuts pools larger than this
 PARTITION_ITERATIONS = 20  # Lloyd iterations of the partition (cells need not be converged clusters)
+PARTITION_SAMPLE = 256  # rows a cell the partition's k-means is fitted on (faiss's max_points_per_centroid)
 
 
 def parse_partitions(value) -> str | int:
@@ -64,11 +66,21 @@ def resolve_partitions(partitions, rows: int) -> int:
     return int(partitions)
 
 
-def _partition_job(cells: int, seed: int, pool, comm, checkpoints) -> dict:
-    """The cells' centroids: k-means of the whole pool (a row's cell is its nearest centroid)."""
-    centroids, history = kmeans(pool, comm, cells, iterations=PARTITION_ITERATIONS, init="kmeans||", seed=seed,
-                                tag="partition")
-    return {"centroids": centroids.cpu().tolist(), "inertia": history[-1]}
+def _kmeans_cells(x: np.ndarray, cells: int, seed: int, device: str, precision: str | None) -> dict:
+    centroids, history = kmeans(Pool(torch.from_numpy(x).to(device), 0, len(x), precision), Collectives(), cells,
+                                iterations=PARTITION_ITERATIONS, init="kmeans||", seed=seed, tag="partition")
+    return {"centroids": centroids.cpu().tolist(), "inertia": history[-1], "sample": len(x)}
+
+
+def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, num_workers: int, use_gpu: bool,
+              precision: str | None) -> dict:
+    """The cells' centroids, the k-means inertia and the rows it was fitted on: a fixed uniform sample of
+    ``PARTITION_SAMPLE * cells`` rows (all of a smaller pool), gathered a task a shard, then k-means in
+    one task. Its cost follows the cells, not the pool: the pool is never held."""
+    rows = sample_rows(len(store), min(len(store), PARTITION_SAMPLE * cells), generator(seed)).sort().values
+    x = gather(store, rows.numpy(), num_workers)
+    args = {0: (x, cells, seed, "cuda" if use_gpu else "cpu", precision)}
+    return next(tasks(_kmeans_cells, args, num_workers, use_gpu))[1]
 
 
 def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None, partition: tuple | None,
@@ -106,13 +118,10 @@ def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = Non
     if resume and storage.exists(done):
         shards = storage.read_json(done)
     else:
-        def within(rows, lo, hi):
-            return rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)]
-
         args = {i: (store.uri, lo, hi, None if group is None else group[lo:hi], partition, within(exclude, lo, hi),
                     within(dropped, lo, hi), storage.join(where, shard_name(i)), "cuda" if use_gpu else "cpu")
                 for i, (lo, hi) in enumerate(store.shard_bounds)}
-        shards = [r for _, r in sorted(_each(_write_units, args, num_workers, use_gpu))]
+        shards = [r for _, r in sorted(tasks(_write_units, args, num_workers, use_gpu))]
         storage.write_json(done, shards)
     files, rows, held = {}, {}, {}
     for r in shards:
@@ -164,9 +173,14 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         storage.delete(storage.join(work, "units"))
     parts = {}
     if cells:
-        parts = run(functools.partial(_partition_job, cells, selector.seed), store, num_workers=num_workers,
-                    use_gpu=use_gpu, work=work and storage.join(work, "partition"), resume=resume,
-                    precision=precision)
+        path = work and storage.join(work, "partition.json")
+        if resume and path and storage.exists(path):
+            parts = storage.read_json(path)
+        else:
+            parts = fit_partition(store, cells, selector.seed, num_workers=num_workers, use_gpu=use_gpu,
+                                  precision=precision)
+            if path:
+                storage.write_json(path, parts)
     # without a work directory, beside the store (as runner.run's): the tasks on every node read it
     where = storage.join(work, "units") if work else storage.join(store.uri, "_work", "cells", uuid.uuid4().hex)
     done, todo = {}, []
@@ -195,7 +209,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
                 done[u] = storage.read_json(path)
         args = {u: (selector, found[keys[u]][0], int(keys[u]), held[u], int(budgets[u]), device)
                 for u in todo if u not in done}
-        for u, result in _each(_select_cell, args, num_workers, use_gpu):
+        for u, result in tasks(_select_cell, args, num_workers, use_gpu):
             done[u] = result
             if work:
                 storage.write_json(storage.join(work, "cells", f"{keys[u]}.json"), result)
@@ -217,28 +231,8 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
               "budget": int(budgets[u]), "seconds": done[u]["seconds"] if u in done else 0.0}
              for u in range(len(keys))]
     return {"rows": rows.tolist(), "columns": columns,
-            "info": {"partitions": {"cells": cells, **({"partition_inertia": parts["inertia"]} if cells else {}),
+            "info": {"partitions": {"cells": cells,
+                                    **({"partition_inertia": parts["inertia"], "partition_sample": parts["sample"]}
+                                       if cells else {}),
                                     "seconds_partition": round(partition_s, 3), "cells_table": table},
                      "seconds_select": round(time.perf_counter() - start, 3)}}
-
-
-def _each(fn, args: dict, num_workers: int, use_gpu: bool):
-    """``(key, fn(*a))`` for each ``key: a`` of ``args``: in this process with one worker, else as Ray
-    tasks (one CPU, or one GPU, each), at most ``num_workers`` running."""
-    if num_workers == 1:
-        for c, a in args.items():
-            yield c, fn(*a)
-        return
-    import ray
-
-    from ..runtime import cluster
-
-    cluster.init()
-    task = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0, max_retries=3)(fn)
-    pending, running = list(args.items()), {}
-    while pending or running:
-        while pending and len(running) < num_workers:
-            c, a = pending.pop(0)
-            running[task.remote(*a)] = c
-        ready, _ = ray.wait(list(running), num_returns=1)
-        yield running.pop(ready[0]), ray.get(ready[0])
