@@ -8,12 +8,15 @@ starts it: a process can join one Ray only). Writes what it saw as JSON to ``arg
 - select with W = 3 (a worker a node), one node removed once Ray Train has registered a checkpoint and a
   new one added 3 s later: the run restarts from the checkpoint and selects what the run in this
   process selects, with the same loss at every iteration;
-- a hierarchical select (3 cells) with its tasks on the three nodes: what it selects in this process.
+- a hierarchical select (3 cells) with its tasks on the three nodes: what it selects in this process;
+- a killed head: a CLI select (W = 2) whose driver and whole cluster are killed once Ray Train has
+  registered a checkpoint; ``--resume`` on a new cluster continues from it to the same selection.
 """
 
 import glob
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -71,6 +74,7 @@ def main(work: str, report: str) -> None:
     from ray.util.state import list_actors, list_tasks
 
     import activeft
+    from activeft.io import protocol
 
     seen: dict = {"started": time.time()}
     try:
@@ -135,6 +139,30 @@ def main(work: str, report: str) -> None:
         seen["cells_nodes"] = len(cell_nodes())
         seen["cells_equal"] = spread.ids == activeft.select(pool, 15, **cells).ids
         seen["cells_finished"] = time.time()
+
+        # a killed head: the driver on it dies too (as a `ray job submit` driver does); on a new cluster,
+        # --resume finishes the run from its last registered checkpoint
+        os.environ[protocol.EXPIRY_ENV] = "3"  # (the killed driver's output lease expires in 3 s)
+        out = os.path.join(work, "sel-head")
+        argv = ["select", pool.uri, "--budget", "15", "-o", out, "--method", "activeft", "--iterations", "50",
+                "--seed", "2", "--checkpoint-every", "10", "--num-workers", "2"]
+        with open(os.path.join(work, "driver.log"), "w") as log:
+            driver = subprocess.Popen([sys.executable, "-m", "activeft.cli", *argv], stdout=log, stderr=log)
+        until(lambda: glob.glob(os.path.join(out, "_work", "**", "checkpoint_manager_snapshot.json"), recursive=True),
+              "a registered checkpoint of the driver's run")
+        driver.kill()
+        ray.shutdown()
+        cluster.shutdown()  # the head, its GCS and every node
+        seen["head_killed"] = time.time()
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        os.environ["RAY_ADDRESS"] = cluster.address
+        time.sleep(3.5)
+        resumed = activeft.select(pool, 15, num_workers=2, output=out, resume=True, **params)
+        seen["head_resumed_from"] = resumed.info["resumed_from_iteration"]
+        seen["head_equal"] = resumed.ids == clean.ids
+        seen["head_finished"] = time.time()
     finally:
         with open(report, "w") as f:
             json.dump(seen, f)

@@ -1,5 +1,6 @@
 """Three Ray nodes on this machine (``tests/multinode.py``, in its own process with its own head): embed
-and select across nodes, a node lost in the middle of each, and a hierarchical select's tasks on every node."""
+and select across nodes, a node lost in the middle of each, a hierarchical select's tasks on every node, and
+a killed head whose run ``--resume`` finishes on a new cluster."""
 
 import json
 import os
@@ -33,3 +34,4 @@ def test_embed_and_select_survive_a_lost_node(tmp_path):
     assert seen["select_nodes"] == 3 and seen["select_resumed_from"] is not None, seen
     assert seen["select_equal"] and seen["select_loss_equal"], seen
     assert seen["cells_nodes"] >= 2 and seen["cells_equal"], seen
+    assert seen["head_resumed_from"] and seen["head_equal"], seen
