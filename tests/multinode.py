@@ -132,6 +132,7 @@ def main(work: str, report: str) -> None:
         # hierarchical: the partition's sample, the regroup and the cells as Ray tasks over the three nodes
         cells = dict(method="kmeans", partitions=3, seed=2)
         spread = activeft.select(pool, 15, num_workers=3, **cells)
+
         def cell_nodes():  # (the task events reach the state API a second or so after the tasks)
             return {t.node_id for t in list_tasks(detail=True, limit=10_000) if "_select_cell" in t.name} - {None}
 

@@ -73,7 +73,7 @@ def _kmeans_cells(x: np.ndarray, cells: int, seed: int, device: str, precision: 
 
 
 def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, num_workers: int, use_gpu: bool,
-              precision: str | None) -> dict:
+                  precision: str | None) -> dict:
     """The cells' centroids, the k-means inertia and the rows it was fitted on: a fixed uniform sample of
     ``PARTITION_SAMPLE * cells`` rows (all of a smaller pool), gathered a task a shard, then k-means in
     one task. Its cost follows the cells, not the pool: the pool is never held."""
