@@ -58,7 +58,7 @@ def _vectors(store_uri: str, rows: np.ndarray) -> np.ndarray:
 def gather(store: EmbeddingStore, rows: np.ndarray, num_workers: int = 1) -> np.ndarray:
     """float32 ``(len(rows), dim)`` vectors of the sorted global ``rows``, a task a shard (each reads its
     shard's embeddings once and keeps only those rows): memory O(one shard + rows), never the pool."""
-    args = {i: (store.uri, within(rows, lo, hi)) for i, (lo, hi) in enumerate(store.shard_bounds)
-            if len(within(rows, lo, hi))}
+    mine = {i: within(rows, lo, hi) for i, (lo, hi) in enumerate(store.shard_bounds)}
+    args = {i: (store.uri, r) for i, r in mine.items() if len(r)}
     parts = dict(tasks(_vectors, args, num_workers, use_gpu=False))
     return np.concatenate([parts[i] for i in sorted(parts)]) if parts else np.zeros((0, store.dim), np.float32)
