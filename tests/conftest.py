@@ -12,8 +12,10 @@ os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", 
                   AWS_EC2_METADATA_DISABLED="true")
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
-from images import write_images  # noqa: E402,F401  (re-exported for tests)
+from images import stripes, write_images  # noqa: E402,F401  (write_images: re-exported for tests)
+from PIL import Image  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
@@ -46,6 +48,24 @@ def ray_session(s3_endpoint):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stripes_store(tmp_path_factory, ray_session):
+    """32 images of horizontal or vertical stripes, labeled ``h`` or ``v`` in their manifest, embedded once
+    (resnet18, random weights, 32 px) for the tests that finetune or refresh a backbone: ``(store, labels)``,
+    the labels table in image order. Tests read it and write elsewhere."""
+    import activeft
+
+    d = tmp_path_factory.mktemp("stripes")
+    ids = [f"{'v' if i % 2 else 'h'}{i:02d}.png" for i in range(32)]
+    labels = pa.table({"id": ids, "label": [i[0] for i in ids]})
+    for i, key in enumerate(ids):
+        Image.fromarray(stripes(i, bool(i % 2))).save(d / key)
+    (d / "_manifest.csv").write_text("id,uri,label\n" + "".join(f"{i},{d / i},{i[0]}\n" for i in ids))
+    store = activeft.embed(str(d / "_manifest.csv"), str(d / "_store"), model="resnet18", pretrained="none",
+                           image_size=32, batch_size=8)
+    return store, labels
 
 
 @pytest.fixture

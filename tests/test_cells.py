@@ -1,6 +1,7 @@
 """Hierarchical selection (``select --partitions``): the budget split, the cells, resuming, Ray tasks."""
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +31,18 @@ def test_budget_split_by_rows_with_largest_remainders_and_small_cells_giving_all
     assert got.tolist() == [1, 0, 500, 7]
 
 
-def test_auto_cuts_only_large_pools():
-    assert resolve_partitions("off", 10**9) == 0 and resolve_partitions(7, 100) == 7
-    assert resolve_partitions("auto", 1_000_000) == 0 and resolve_partitions("auto", 1_000_001) == 5
+def test_auto_cuts_only_large_pools_and_never_into_more_cells_than_picks(caplog):
+    assert resolve_partitions("off", 10**9, 10**7) == 0 and resolve_partitions(7, 100, 7) == 7
+    assert resolve_partitions("auto", 1_000_000, 10**4) == 0 and resolve_partitions("auto", 1_000_001, 10**4) == 5
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="activeft"):
+        assert resolve_partitions("auto", 10**9, 10**7) == 4000 and not caplog.records
+        assert resolve_partitions("auto", 10**9, 1000) == 1000  # cells of 1M rows, a pick each
+        assert "1000 cells of ~1000000 rows, not 4000 of ~250000: no more cells than the budget's 1000 picks" \
+            in caplog.text
+        assert resolve_partitions("auto", 10**9, 1) == 0  # flat
+        assert resolve_partitions(8, 100, 5) == 8  # as asked, loudly
+    assert "8 cells for a budget of 5: at least 3 cells get no pick" in caplog.records[-1].getMessage()
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from images import stripes
-from PIL import Image
 
 import activeft
 from activeft.errors import LabelsError, ModelError, StoreError
@@ -95,16 +93,8 @@ def test_bad_inputs(features, tmp_path, caplog, capsys):
 
 
 @pytest.fixture(scope="module")
-def image_store(tmp_path_factory, ray_session):
-    d = tmp_path_factory.mktemp("img")
-    rows = []
-    for i in range(32):
-        key = f"{'v' if i % 2 else 'h'}{i:02d}.png"
-        Image.fromarray(stripes(i, bool(i % 2))).save(d / key)
-        rows.append((key, "vertical" if i % 2 else "horizontal"))
-    store = activeft.embed(str(d), str(d / "_store"), model="resnet18", pretrained="none", image_size=32,
-                           batch_size=16)
-    labels = pa.table({"id": [r[0] for r in rows], "label": [r[1] for r in rows]})
+def image_store(stripes_store):
+    store, labels = stripes_store
     return store, labels.slice(0, 24), labels.slice(24)
 
 
@@ -130,7 +120,7 @@ def test_lp_ft_on_two_workers_weighted_stopped_and_resumed_continues_at_the_righ
     model, classes = activeft.load_model(out)
     plain = timm.create_model("resnet18", num_classes=2)  # timm names: loads strictly into the plain model
     plain.load_state_dict(load_file(os.path.join(out, "model.safetensors")))
-    assert classes == ["horizontal", "vertical"] and model.head.weight.shape == (2, 512)
+    assert classes == ["h", "v"] and model.head.weight.shape == (2, 512)
     probe = activeft.finetune(store, train=weighted, val=val, output=str(tmp_path / "probe"))
     probe_head = activeft.load_model(str(tmp_path / "probe"))[0].head.weight.detach()
     # LP-FT starts from the linear probe, and three epochs at a tiny learning rate move it only a little

@@ -118,9 +118,11 @@ def test_scheduled_run_embeds_new_images_and_excludes_labeled(tmp_path):
     # labels came back for the first selection, and 20 new images arrived
     pq.write_table(pa.table({"id": first.ids}), tmp_path / "labeled.parquet")
     write_images(src, 20, start=500)
+    before = activeft.EmbeddingStore(str(tmp_path / "store"))
     curate.run(load_config(path, date="2026-01-02"))
-    store = activeft.EmbeddingStore(str(tmp_path / "store"))
-    assert len(store) == 80 and store.manifest["last_run"]["embedded"] == 20
+    store = activeft.EmbeddingStore(str(tmp_path / "store"))  # the new images only, in new shards after the old
+    assert len(store) == 80 and store.manifest["last_run"]["embedded"] == 20 and store.ids()[:60] == before.ids()
+    assert store.manifest["shards"][:len(before.manifest["shards"])] == before.manifest["shards"]
     second = activeft.read_selection(str(tmp_path / "nightly" / "2026-01-02" / "selection"))
     assert not set(second.ids) & set(first.ids) and second.info["excluded"] == 6
     assert (tmp_path / "nightly" / "2026-01-01" / "_pipeline.json").exists()

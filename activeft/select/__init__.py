@@ -174,7 +174,8 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         cells, split the budget over them by their rows and run the method inside each cell (cells in
         parallel as Ray tasks, at most ``num_workers`` at a time; a resumed run redoes only unfinished
         cells). The cost then grows with the pool, not with the pool times the budget, but no pick
-        sees across a cell border. ``auto``: cells of ~250,000 rows above 1,000,000 rows, else off.
+        sees across a cell border. ``auto``: cells of ~250,000 rows above 1,000,000 rows (but no
+        more cells than picks: fewer, larger cells for a small budget), else off.
     dedup : float, optional
         Near-duplicate threshold in (0, 1] (``activeft dedup``; its default is 0.98): of each group of
         rows with cosine similarity >= this only one stays in the pool, a labeled (excluded) one if the
@@ -225,7 +226,7 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
     if budget > available:
         raise ParameterError(f"budget {budget} is larger than the pool of {len(store)} rows"
                              + (f" minus {len(exclude_rows)} excluded" if len(exclude_rows) else ""))
-    cells = resolve_partitions(partitions, len(store))
+    cells = resolve_partitions(partitions, len(store), budget)
     if cells and dedup is not None:
         raise ParameterError("dedup with partitions: a near-duplicate pair can straddle two cells; dedup the store "
                              "first (activeft dedup) or turn partitions off (--partitions off)")

@@ -55,14 +55,28 @@ def parse_partitions(value) -> str | int:
     return int(text)
 
 
-def resolve_partitions(partitions, rows: int) -> int:
+def resolve_partitions(partitions, rows: int, budget: int) -> int:
     """The number of cells: ``"off"`` -> 0; ``"auto"`` -> ``ceil(rows / CELL_ROWS)`` above
-    :data:`AUTO_ABOVE` rows, else 0; a number >= 2 as given."""
+    :data:`AUTO_ABOVE` rows, but no more cells than picks (larger cells, with a warning), and 0 below
+    two; a number >= 2 as given, with a warning when it is more than the picks (cells with none)."""
     partitions = parse_partitions(partitions)
     if partitions == "off":
         return 0
     if partitions == "auto":
-        return math.ceil(rows / CELL_ROWS) if rows > AUTO_ABOVE else 0
+        if rows <= AUTO_ABOVE:
+            return 0
+        wanted = math.ceil(rows / CELL_ROWS)
+        cells = min(wanted, budget)
+        if cells < 2:
+            return 0
+        if cells < wanted:
+            log.warning("select: partitions auto: %d cells of ~%d rows, not %d of ~%d: no more cells than the "
+                        "budget's %d picks", cells, math.ceil(rows / cells), wanted, CELL_ROWS, budget)
+        return cells
+    if partitions > budget:
+        log.warning("select: %d cells for a budget of %d: at least %d cells get no pick, and the selection "
+                    "never sees their rows; use at most %d cells (--partitions)", partitions, budget,
+                    partitions - budget, budget)
     return int(partitions)
 
 
