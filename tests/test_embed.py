@@ -55,7 +55,6 @@ def test_local_folder_with_broken_files_from_the_cli(tmp_path, capsys):
     assert np.abs(x - reference).max() < 2e-3  # (float16: half an ulp near 0.1 is 3e-5, near 1 5e-4)
 
 
-
 def test_vit_cls_embeddings_equal_direct_forward(tmp_path):
     src = tmp_path / "imgs"
     ids = write_images(src, 6)
