@@ -51,6 +51,12 @@ def within(rows: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return rows[np.searchsorted(rows, lo):np.searchsorted(rows, hi)]
 
 
+def by_shard(store: EmbeddingStore, *rows: np.ndarray) -> dict[int, list[np.ndarray]]:
+    """Each shard holding any of the sorted global ``rows`` arrays: ``{shard: [its part of each array]}``."""
+    parts = {i: [within(r, lo, hi) for r in rows] for i, (lo, hi) in enumerate(store.shard_bounds)}
+    return {i: p for i, p in parts.items() if any(len(r) for r in p)}
+
+
 def _vectors(store_uri: str, rows: np.ndarray) -> np.ndarray:
     return EmbeddingStore(store_uri).embeddings_at(rows)
 
@@ -58,7 +64,6 @@ def _vectors(store_uri: str, rows: np.ndarray) -> np.ndarray:
 def gather(store: EmbeddingStore, rows: np.ndarray, num_workers: int = 1) -> np.ndarray:
     """float32 ``(len(rows), dim)`` vectors of the sorted global ``rows``, a task a shard (each reads its
     shard's embeddings once and keeps only those rows): memory O(one shard + rows), never the pool."""
-    mine = {i: within(rows, lo, hi) for i, (lo, hi) in enumerate(store.shard_bounds)}
-    args = {i: (store.uri, r) for i, r in mine.items() if len(r)}
+    args = {i: (store.uri, r) for i, (r,) in by_shard(store, rows).items()}
     parts = dict(tasks(_vectors, args, num_workers, use_gpu=False))
     return np.concatenate([parts[i] for i in sorted(parts)]) if parts else np.zeros((0, store.dim), np.float32)

@@ -17,7 +17,7 @@ import torch
 
 from ..engine import generator, nearest, sample_rows
 from ..io.store import EmbeddingStore
-from ..runtime.tasks import gather, tasks, within
+from ..runtime.tasks import by_shard, gather, tasks
 
 COVERAGE_ROWS = 1 << 17  # coverage of larger pools is measured on a sample of this many rows
 
@@ -70,9 +70,8 @@ def coverage_by_shard(store: EmbeddingStore, rows, random_rows, *, num_workers: 
     t0 = time.perf_counter()
     queries = gather(store, measured_rows(len(store)).numpy(), num_workers)
     picked = [np.sort(np.asarray(r, np.int64)) for r in (rows, random_rows)]
-    mine = {i: [within(p, lo, hi) for p in picked] for i, (lo, hi) in enumerate(store.shard_bounds)}
     args = {i: (store.uri, queries, held, "cuda" if use_gpu else "cpu", precision)
-            for i, held in mine.items() if any(len(h) for h in held)}
+            for i, held in by_shard(store, *picked).items()}
     best = [np.full(len(queries), -np.inf, np.float32) for _ in picked]
     for _, found in tasks(_shard_best, args, num_workers, use_gpu):
         best = [np.maximum(b, f) for b, f in zip(best, found, strict=True)]
