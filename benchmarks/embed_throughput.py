@@ -169,7 +169,7 @@ def actor_only(spec, config, dim, n, batch_size, cuda) -> float:
     import ray
     from ray.data.extensions import ArrowTensorArray
 
-    from activeft.embed import Embedder
+    from activeft.embed.pipeline import Embedder
 
     _, h, w = config["input_size"]
     pattern = np.arange(3 * h * w, dtype=np.uint8).reshape(1, 3, h, w)

@@ -1,6 +1,5 @@
 """The embed stage on real image files, local and through a real S3 protocol server."""
 
-import importlib
 import json
 import os
 import uuid
@@ -14,6 +13,7 @@ import torch
 from images import direct_embeddings, write_broken, write_images
 
 import activeft
+from activeft.embed import pipeline
 from activeft.errors import ModelError, OutputExistsError, SourceError, StoreError, TooManyErrors
 from activeft.models.backbone import BackboneSpec
 
@@ -250,8 +250,7 @@ def test_failed_object_store_write_leaves_no_object(bucket):
     assert storage.read_bytes(f"{bucket}/ok.bin") == b"whole"
 
 
-EMBED = importlib.import_module("activeft.embed")  # the module (``activeft.embed`` is the function)
-_decode_batch = EMBED.decode_batch
+_decode_batch = pipeline.decode_batch
 
 
 def logged_decode_batch(batch, config):
@@ -267,7 +266,7 @@ def logged_decode_batch(batch, config):
 def test_decode_spread_over_small_blocks_whatever_the_partition_size(tmp_path, monkeypatch):
     src = tmp_path / "imgs"
     write_images(src, 24)
-    monkeypatch.setattr(EMBED, "decode_batch", logged_decode_batch)
+    monkeypatch.setattr(pipeline, "decode_batch", logged_decode_batch)
     store = activeft.embed(str(src), str(tmp_path / "store"), **TINY)  # one partition of 10,000
     calls = [json.loads(p.read_text()) for p in (tmp_path / "decode-log").iterdir()]
     assert sum(c["rows"] for c in calls) == 24
@@ -283,6 +282,6 @@ def test_take_rows_copies_across_chunks_once():
     a = np.random.default_rng(0).integers(0, 255, (10, 3, 4, 4), dtype=np.uint8)
     column = pa.chunked_array([ArrowTensorArray.from_numpy(a[lo:hi]) for lo, hi in ((0, 3), (3, 3), (3, 10))])
     for rows in (np.arange(10), np.array([0, 2, 3, 9]), np.array([4])):
-        assert np.array_equal(EMBED.take_rows(column, rows), a[rows])
+        assert np.array_equal(pipeline.take_rows(column, rows), a[rows])
     out = np.zeros((2, 3, 4, 4), np.uint8)
-    assert EMBED.take_rows(column, np.array([2, 3]), out) is out and np.array_equal(out, a[[2, 3]])
+    assert pipeline.take_rows(column, np.array([2, 3]), out) is out and np.array_equal(out, a[[2, 3]])
