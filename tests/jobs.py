@@ -4,7 +4,7 @@ the workers' PYTHONPATH (a test module itself must not define them)."""
 import numpy as np
 import torch
 
-from activeft.engine import greedy_unique
+from activeft.engine import Pool, greedy_unique
 from activeft.select import get_selector
 
 
@@ -33,3 +33,8 @@ def selectors_job(methods, budget, seed, pool, comm, checkpoints):
 def each_job(jobs, pool, comm, checkpoints):
     """Several jobs in one worker group (one start-up): their results in order."""
     return [job(pool, comm, checkpoints) for job in jobs]
+
+
+def transformed_job(transform, job, pool, comm, checkpoints):
+    """``job`` on the pool's rows through ``transform``, as the runner's ``transform`` loads them."""
+    return job(Pool(transform(pool.x), pool.offset, pool.size, pool.precision), comm, checkpoints)

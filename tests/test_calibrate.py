@@ -1,5 +1,6 @@
 """ActiveDC calibration: statistics against numpy, the draw rules, no leakage, sharding, bad labels."""
 
+import functools
 import json
 import math
 import re
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sharding import sharded
 
 import activeft
 from activeft.calibrate import activedc as dc
@@ -128,12 +130,20 @@ def test_emd_filter_and_bounded_redraws(setup):
     assert many.num_rows - 24 <= 240
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_two_workers_same_output(setup):
+def test_sharded_calibration_equals_one_process(setup):
+    """Three ranks in threads (a Ray Train group of two: test_select's two-worker test)."""
     d, store, sel, labels, truth = setup
-    one = activeft.calibrate(store, selection=str(d / "sel"), labels=labels, **FAST)
-    two = activeft.calibrate(store, selection=str(d / "sel"), labels=labels, num_workers=2, **FAST)
-    assert one.equals(two)
+    x = dc.tukey(torch.from_numpy(store.embeddings()), 0.5)
+    rows = np.array(store.rows_of(sel.ids))
+    params = {"alpha": 0.7, "xi": 0.2, "samples_per_label": 2, "clusters": 4, "emd_filter": True, "kmeans_runs": 2}
+    job = functools.partial(dc.calibrate, labeled_rows=rows, labeled_class=labels.column("label").to_numpy(),
+                            n_classes=4, **params)
+    one = job(Pool(x, 0, len(x)), Collectives())
+    assert len(one["rows"]) > 24 and one["skipped"] < 24
+    inertia = one.pop("kmeans_inertia")
+    for got in sharded(lambda pool, comm: job(pool, comm), x, [0, 150, 377, len(x)]):
+        assert got.pop("kmeans_inertia") == pytest.approx(inertia, rel=1e-9)  # (summed in another order)
+        assert got == one
 
 
 def test_label_table_errors(setup, tmp_path, capsys):

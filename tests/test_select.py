@@ -176,10 +176,11 @@ def test_every_selector_refuses_each_bad_parameter_in_one_line(store, method):
 @pytest.mark.usefixtures("ray_session")
 def test_two_workers_select_the_same_as_one(store):
     """Every selector declared worker-invariant, the mapping, the scores (neighbours, density, near-duplicate
-    groups: ``activeft dedup``'s job) and the coverage, on a real Ray Train worker group of 2 (one group for
-    all)."""
-    from jobs import each_job, mapping_job, selectors_job
+    groups: ``activeft dedup``'s job), the coverage and ActiveDC's calibration (on Tukey-transformed rows), on
+    a real Ray Train worker group of 2 (one group for all)."""
+    from jobs import each_job, mapping_job, selectors_job, transformed_job
 
+    from activeft.calibrate import activedc
     from activeft.runtime.runner import run
     from activeft.scores import _scores_job
     from activeft.select.coverage import coverage_job
@@ -192,14 +193,21 @@ def test_two_workers_select_the_same_as_one(store):
     # past the frontier; the sequential greedy's rows on two workers
     c = x[torch.tensor([5, 300, 301, 700])].repeat(20, 1) + 0.02 * torch.randn(80, x.shape[1], generator=g)
     c = torch.nn.functional.normalize(c, dim=1)
+    labeled = np.arange(0, len(x), 25)
+    calibration = functools.partial(activedc._job, labeled, labeled % 3, 3,
+                                    {"alpha": 0.7, "xi": 0.2, "samples_per_label": 2, "clusters": 3, "seed": 0,
+                                     "emd_filter": True, "max_draws": 5, "kmeans_runs": 2})
     same = [functools.partial(_scores_job, 10, 0.01, 0.98, 0),
-            functools.partial(coverage_job, list(range(0, 720, 9)), list(range(3, 720, 7)))]
+            functools.partial(coverage_job, list(range(0, 720, 9)), list(range(3, 720, 7))),
+            functools.partial(transformed_job, functools.partial(activedc.tukey, lam=0.5), calibration)]
     one, *others = run(functools.partial(each_job, [job, *same]), store)
     two, mapping, *others_two = run(functools.partial(each_job, [job, functools.partial(mapping_job, c, 2), *same]),
                                     store, num_workers=2)
     assert mapping["rows"] == brute_greedy(x, c)
     assert len(others[0]["duplicates"]) == 36 and others_two[0] == others[0]
     assert others_two[1]["coverage"] == pytest.approx(others[1]["coverage"], abs=1e-6)
+    assert others_two[2].pop("kmeans_inertia") == pytest.approx(others[2].pop("kmeans_inertia"), rel=1e-9)
+    assert others_two[2] == others[2] and others[2]["rows"]  # ActiveDC: the same pseudo-labels
     for method in methods:
         assert two[method]["rows"] == one[method]["rows"], method
         for key, values in one[method]["history"].items():  # loss, inertia: the same run, step by step
