@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(240)]
 TINY = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8)
 
 
-def test_local_folder_with_broken_files_from_the_cli(tmp_path, capsys):
+def test_local_folder_with_broken_files_from_the_cli_stopped_and_resumed(tmp_path, capsys):
     from activeft.cli import main
 
     src = tmp_path / "imgs"
@@ -35,10 +35,26 @@ def test_local_folder_with_broken_files_from_the_cli(tmp_path, capsys):
     assert main([*argv, "--max-error-fraction", "0.1"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("activeft: error:")]
     assert len(errors) == 1 and re.search(r"3 of 23 images could not be decoded \(13.0% > max_error", errors[0])
-    assert not (tmp_path / "store" / "_manifest.json").exists() and (tmp_path / "store" / "part-00002.parquet").exists()
-    assert main([*argv, "--max-error-fraction", "0.2", "--resume"]) == 0  # a larger budget: the work is all done
-    assert "20 rows, dim 512, 3 errors; embedded 0 images in" in capsys.readouterr().out
-    store = activeft.EmbeddingStore(str(tmp_path / "store"))
+    out = tmp_path / "store"
+    assert not (out / "_manifest.json").exists() and (out / "part-00002.parquet").exists()
+    # and as if it had been killed too: one shard never finished, another half staged
+    os.remove(out / "part-00001.parquet")
+    os.remove(out / "part-00002.parquet")
+    staging = out / "_work" / "staging" / "part-00002"
+    staging.mkdir(parents=True)
+    plan = pq.read_table(out / "_work" / "plan" / "part-00002.parquet")
+    pq.write_table(plan.slice(0, 1), staging / "000000000-000000000.parquet")
+    with pytest.raises(StoreError, match="incomplete"):
+        activeft.EmbeddingStore(str(out))
+    assert main([*argv, "--max-error-fraction", "0.2"]) == 1
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+    assert main([*argv, "--max-error-fraction", "0.2", "--resume", "--image-size", "48"]) == 1
+    assert re.search("was embedded with a different config .*resnet18", capsys.readouterr().err)
+    # --resume with a larger error budget redoes partitions 1 (8 images) and 2 (7) only
+    assert main([*argv, "--max-error-fraction", "0.2", "--resume"]) == 0
+    assert "20 rows, dim 512, 3 errors; embedded 15 images in" in capsys.readouterr().out
+    assert not os.listdir(out / "_work" / "staging")
+    store = activeft.EmbeddingStore(str(out))
 
     assert sorted(store.ids()) == sorted(ids)
     assert store.manifest["rows"] == 20 and store.manifest["errors"] == 3
@@ -107,36 +123,6 @@ def test_s3_prefix_and_manifest_embed_as_the_local_files(tmp_path, bucket):
     keys = [r["uri"].split("/pool/")[1] for r in table.to_pylist()]
     direct = direct_embeddings(src, keys)  # a forward pass of the local files in this process
     np.testing.assert_allclose(store.embeddings(), direct, atol=1e-4)
-
-
-def test_resume_after_interruption_equals_clean_run(tmp_path):
-    src = tmp_path / "imgs"
-    write_images(src, 14)
-    out = tmp_path / "store"
-    clean = activeft.embed(str(src), str(out), partition_size=4, **TINY)
-    clean_ids, clean_x = clean.ids(), clean.embeddings()
-    # interrupt: the manifest never got written, one shard never finished, another was half staged
-    os.remove(out / "_manifest.json")
-    os.remove(out / "part-00001.parquet")
-    os.remove(out / "part-00003.parquet")
-    staging = out / "_work" / "staging" / "part-00003"
-    staging.mkdir(parents=True)
-    plan = pq.read_table(out / "_work" / "plan" / "part-00003.parquet")
-    pq.write_table(plan.slice(0, 1), staging / "000000000-000000000.parquet")
-    with pytest.raises(StoreError, match="incomplete"):
-        activeft.EmbeddingStore(str(out))
-    with pytest.raises(OutputExistsError, match="--resume"):
-        activeft.embed(str(src), str(out), partition_size=4, **TINY)
-
-    resumed = activeft.embed(str(src), str(out), partition_size=4, resume=True, **TINY)
-    assert resumed.manifest["last_run"]["embedded"] == 4 + 2  # partitions 1 (4 rows) and 3 (2 rows) only
-    assert resumed.ids() == clean_ids and len(set(resumed.ids())) == 14
-    np.testing.assert_allclose(resumed.embeddings(), clean_x, atol=1e-5)  # as the run before the interruption
-    assert not os.listdir(out / "_work" / "staging")
-    # (new images on --resume, the scheduled case: test_pipelines' scheduled run)
-
-    with pytest.raises(OutputExistsError, match="was embedded with a different config .*resnet18"):
-        activeft.embed(str(src), str(out), partition_size=4, resume=True, **{**TINY, "image_size": 48})
 
 
 def test_bad_inputs_one_line_each(tmp_path, capsys):
