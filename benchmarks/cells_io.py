@@ -39,7 +39,7 @@ def phase(store_uri: str, cells: int, way: str) -> dict:
     else:
         where = tempfile.mkdtemp(dir=os.path.dirname(store_uri))
         none = np.zeros(0, np.int64)
-        files = {c: f for c, (f, _, _) in regroup(store, where, group=unit, exclude=none, dropped=none).items()}
+        files = {c: f for c, (f, _, _) in regroup(store, where, group=unit, exclude=none, dropped=none)[0].items()}
         read += sum(os.path.getsize(os.path.join(store_uri, s["name"])) for s in store.shards)
         written = sum(os.path.getsize(f) for f in {f for fs in files.values() for f in fs})
         for c in range(cells):

@@ -12,6 +12,7 @@ import torch
 import activeft
 from activeft.engine import Collectives, Pool, generator, sample_rows
 from activeft.errors import ActiveftError
+from activeft.io.store import EmbeddingStore
 from activeft.select import cells, get_selector, list_selectors
 from activeft.select import coverage as coverage_module
 from activeft.select.cells import _select_cell, read_cell, regroup, resolve_partitions, select_in_cells
@@ -99,8 +100,10 @@ def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path, monkeyp
 
 
 def test_cells_read_only_their_own_row_groups(store, tmp_path):
-    found = regroup(store, str(tmp_path / "units"), group=np.arange(900) % 4, exclude=np.array([2, 6, 7]),
-                    dropped=np.arange(0, 900, 4))  # units 1, 2, 3 (unit 0 dropped)
+    measured = np.array([0, 5, 299, 300, 899])  # rows of every shard whose vectors the same pass reads
+    found, vectors = regroup(store, str(tmp_path / "units"), group=np.arange(900) % 4, exclude=np.array([2, 6, 7]),
+                             dropped=np.arange(0, 900, 4), measured=measured)  # units 1, 2, 3 (unit 0 dropped)
+    np.testing.assert_array_equal(vectors, store.embeddings()[measured])
     assert sorted(found) == [1, 2, 3] and [found[u][1] for u in (1, 2, 3)] == [225] * 3
     assert [found[u][2].tolist() for u in (1, 2, 3)] == [[], [2, 6], [7]]
     files = found[1][0]
@@ -151,6 +154,24 @@ def test_the_partition_is_fitted_on_a_fixed_sample_and_coverage_by_shard_equals_
         assert got["coverage_rows"] == want["coverage_rows"] == min(n, 900)
         assert got["coverage"] == pytest.approx(want["coverage"], abs=1e-7)
         assert got["coverage_random"] == pytest.approx(want["coverage_random"], abs=1e-7)
+
+
+def test_a_cells_run_reads_the_store_three_times(store, monkeypatch):
+    """The partition's sample, the regroup (which reads the coverage's measured rows too), the coverage's
+    search: each reads every shard's embeddings once, nothing else reads them."""
+    reads = []
+    for name in ("embeddings", "embeddings_at"):
+        real = getattr(EmbeddingStore, name)
+        monkeypatch.setattr(EmbeddingStore, name, lambda self, *a, real=real, name=name, **k: (
+            reads.append(name), real(self, *a, **k))[1])
+    sel = activeft.select(store, 30, method="random", partitions=3)
+    assert reads.count("embeddings") == reads.count("embeddings_at") / 2 == len(store.shard_bounds) == 3
+    monkeypatch.setattr(coverage_module, "COVERAGE_ROWS", 200)  # a sample: the same number either way
+    again = activeft.select(store, 30, method="random", partitions=3)
+    got = coverage_by_shard(store, store.rows_of(again.ids), np.arange(30), num_workers=1, use_gpu=False,
+                            precision=None)  # the measured rows gathered in a pass of their own
+    assert again.info["coverage_rows"] == got["coverage_rows"] == 200
+    assert again.ids == sel.ids and got["coverage"] == pytest.approx(again.info["coverage"], abs=1e-7)
 
 
 def test_bad_partitions_are_one_line_and_write_nothing(store, tmp_path):

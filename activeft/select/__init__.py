@@ -41,7 +41,7 @@ from ..runtime.runner import run
 from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .cells import parse_partitions, resolve_partitions, select_in_cells
-from .coverage import coverage_by_shard, coverage_job
+from .coverage import coverage_by_shard, coverage_job, measured_rows
 from .quotas import column_groups, group_budgets, parse_quotas
 from .registry import Selector, get_selector, list_selectors
 
@@ -261,11 +261,13 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
             budgets, shares = group_budgets(*groups, quotas, budget, exclude_rows, dropped)
         if cells or groups:
             result = select_in_cells(selector, store, budget, exclude_rows, cells, dropped=dropped,
-                                     groups=groups and (groups[1], budgets), num_workers=num_workers,
-                                     use_gpu=use_gpu, work=work, resume=resume, precision=precision)
+                                     groups=groups and (groups[1], budgets), measured=measured_rows(len(store)).numpy(),
+                                     num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
+                                     precision=precision)
             random_rows = sample_rows(len(store), budget, generator(seed + 1), torch.from_numpy(exclude_rows))
             result["info"].update(coverage_by_shard(store, result["rows"], random_rows.numpy(),
-                                                    num_workers=num_workers, use_gpu=use_gpu, precision=precision))
+                                                    queries=result.pop("measured"), num_workers=num_workers,
+                                                    use_gpu=use_gpu, precision=precision))
         else:
             dedup_args = None if dedup is None else (dedup, dedup_keep, seed)
             job = functools.partial(_select_job, selector, budget, torch.from_numpy(exclude_rows), dedup_args,

@@ -98,11 +98,12 @@ def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, num_workers: 
 
 
 def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None, partition: tuple | None,
-                 held: np.ndarray, dropped: np.ndarray, path: str, device: str) -> dict:
+                 held: np.ndarray, dropped: np.ndarray, measured: np.ndarray, path: str, device: str) -> dict:
     """Rows ``[start, stop)`` of the store (one shard) written to ``path`` by unit, a row group each (columns
     ``unit``, ``row``, ``embedding``): a row's unit is its group (``group``, else 0) times the cells plus its
     cell, the nearest of ``partition``'s ``(cells, centroids, precision)``; ``dropped`` rows are left out.
-    -> the units written, their rows, and each ``held`` row with its unit."""
+    -> the units written, their rows, each ``held`` row with its unit, and the float32 vectors of the
+    ``measured`` rows (read in the same pass, for the coverage)."""
     store = EmbeddingStore(store_uri)
     x = store.embeddings(start, stop, dtype=store.dtype)
     unit = np.zeros(stop - start, np.int64) if group is None else np.array(group, np.int64)  # (a copy: writable)
@@ -119,23 +120,29 @@ def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None
     storage.write_parquet(path, pa.table({"unit": pa.array(unit[order]), "row": order + start,
                                           "embedding": embedding_array(x[order], store.dtype)}),
                           row_groups=counts.tolist(), use_dictionary=False)  # (a float dictionary is dead weight)
-    return {"path": path, "units": units.tolist(), "rows": counts.tolist(), "held": held}
+    return {"path": path, "units": units.tolist(), "rows": counts.tolist(), "held": held,
+            "measured": x[measured - start].astype(np.float32)}
 
 
 def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = None, partition: tuple | None = None,
-            exclude: np.ndarray, dropped: np.ndarray, num_workers: int = 1, use_gpu: bool = False,
-            resume: bool = False) -> dict:
+            exclude: np.ndarray, dropped: np.ndarray, measured: np.ndarray | None = None, num_workers: int = 1,
+            use_gpu: bool = False, resume: bool = False) -> tuple[dict, np.ndarray | None]:
     """Each shard's rows grouped by unit under ``where`` (:func:`_write_units`: one pass over the store,
     shards in parallel as Ray tasks), so that a cell reads only its own rows, not every shard that holds
-    one of them. -> ``{unit: (files, rows, excluded rows)}``. A resumed run reuses a finished one."""
+    one of them. -> ``({unit: (files, rows, excluded rows)}, the vectors of the sorted ``measured``
+    rows)``. A resumed run reuses a finished one, without the vectors (None)."""
     done = storage.join(where, "_units.json")
+    vectors = None
     if resume and storage.exists(done):
         shards = storage.read_json(done)
     else:
+        measured = np.zeros(0, np.int64) if measured is None else measured
         args = {i: (store.uri, lo, hi, None if group is None else group[lo:hi], partition, within(exclude, lo, hi),
-                    within(dropped, lo, hi), storage.join(where, shard_name(i)), "cuda" if use_gpu else "cpu")
+                    within(dropped, lo, hi), within(measured, lo, hi), storage.join(where, shard_name(i)),
+                    "cuda" if use_gpu else "cpu")
                 for i, (lo, hi) in enumerate(store.shard_bounds)}
         shards = [r for _, r in sorted(tasks(_write_units, args, num_workers, use_gpu))]
+        vectors = np.concatenate([r.pop("measured") for r in shards])
         storage.write_json(done, shards)
     files, rows, held = {}, {}, {}
     for r in shards:
@@ -144,7 +151,7 @@ def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = Non
             rows[u] = rows.get(u, 0) + n
         for u, row in r["held"]:
             held.setdefault(u, []).append(row)
-    return {u: (files[u], rows[u], np.array(sorted(held.get(u, [])), np.int64)) for u in files}
+    return {u: (files[u], rows[u], np.array(sorted(held.get(u, [])), np.int64)) for u in files}, vectors
 
 
 def read_cell(files: list[str], unit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,13 +181,15 @@ def _select_cell(selector: Selector, files: list[str], unit: int, exclude: np.nd
 
 def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, exclude: np.ndarray, cells: int, *,
                     groups: tuple[np.ndarray, np.ndarray] | None = None, dropped: np.ndarray | None = None,
-                    num_workers: int, use_gpu: bool, work: str | None, resume: bool, precision: str | None) -> dict:
+                    measured: np.ndarray | None = None, num_workers: int, use_gpu: bool, work: str | None,
+                    resume: bool, precision: str | None) -> dict:
     """``budget`` rows of ``store`` by ``selector`` run inside ``cells`` k-means cells (module docstring;
     0: one cell), or inside each quota group of ``groups`` (each row's group and each group's budget,
     :mod:`.quotas`), cut into its share of the cells: ``{"rows", "columns", "info"}`` as a flat
     selection's job returns them, with a ``cell`` column (with cells) and ``info["partitions"]``: each
-    cell's group, rows, excluded rows, budget and seconds. ``dropped`` rows are never selected. The
-    driver holds a few numbers a cell, never one a row (but the quota groups' codes)."""
+    cell's group, rows, excluded rows, budget and seconds; and ``"measured"``: the vectors of the sorted
+    ``measured`` rows, read in the regroup pass (None on a resumed regroup). ``dropped`` rows are never
+    selected. The driver holds a few numbers a cell, never one a row (but the quota groups' codes)."""
     start = time.perf_counter()
     if work and not resume:
         storage.delete(storage.join(work, "cells"))
@@ -199,10 +208,10 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
     where = storage.join(work, "units") if work else storage.join(store.uri, "_work", "cells", uuid.uuid4().hex)
     done, todo = {}, []
     try:
-        found = regroup(store, where, group=None if groups is None else groups[0], exclude=exclude,
-                        partition=(cells, parts["centroids"], precision) if cells else None,
-                        dropped=np.zeros(0, np.int64) if dropped is None else dropped, num_workers=num_workers,
-                        use_gpu=use_gpu, resume=resume)
+        found, vectors = regroup(store, where, group=None if groups is None else groups[0], exclude=exclude,
+                                 partition=(cells, parts["centroids"], precision) if cells else None,
+                                 dropped=np.zeros(0, np.int64) if dropped is None else dropped, measured=measured,
+                                 num_workers=num_workers, use_gpu=use_gpu, resume=resume)
         keys = np.array(sorted(found), dtype=np.int64)  # (group, cell) pairs present
         held = [found[k][2] for k in keys]
         sizes = np.array([found[k][1] for k in keys])
@@ -244,7 +253,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
               **({"cell": int(keys[u] % cells)} if cells else {}), "rows": int(sizes[u]), "excluded": len(held[u]),
               "budget": int(budgets[u]), "seconds": done[u]["seconds"] if u in done else 0.0}
              for u in range(len(keys))]
-    return {"rows": rows.tolist(), "columns": columns,
+    return {"rows": rows.tolist(), "columns": columns, "measured": vectors,
             "info": {"partitions": {"cells": cells,
                                     **({"partition_inertia": parts["inertia"], "partition_sample": parts["sample"]}
                                        if cells else {}),

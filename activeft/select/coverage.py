@@ -62,13 +62,14 @@ def _shard_best(store_uri: str, queries: np.ndarray, selections: list[np.ndarray
     return [_best(q, x[a:b], precision).cpu().numpy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def coverage_by_shard(store: EmbeddingStore, rows, random_rows, *, num_workers: int, use_gpu: bool,
-                      precision: str | None) -> dict:
-    """:func:`coverage_job`'s numbers without the pool in memory: one pass gathers the measured rows'
-    vectors, a second searches, a task a shard, the selected rows that shard holds; the best over shards
-    is kept. Memory: one shard and the measured rows."""
+def coverage_by_shard(store: EmbeddingStore, rows, random_rows, *, queries: np.ndarray | None = None,
+                      num_workers: int, use_gpu: bool, precision: str | None) -> dict:
+    """:func:`coverage_job`'s numbers without the pool in memory: the measured rows' vectors (``queries``,
+    else gathered in a pass of their own), then a pass that searches, a task a shard, the selected rows that
+    shard holds; the best over shards is kept. Memory: one shard and the measured rows."""
     t0 = time.perf_counter()
-    queries = gather(store, measured_rows(len(store)).numpy(), num_workers)
+    if queries is None:
+        queries = gather(store, measured_rows(len(store)).numpy(), num_workers)
     picked = [np.sort(np.asarray(r, np.int64)) for r in (rows, random_rows)]
     args = {i: (store.uri, queries, held, "cuda" if use_gpu else "cpu", precision)
             for i, held in by_shard(store, *picked).items()}
