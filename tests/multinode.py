@@ -79,8 +79,8 @@ def main(work: str, report: str) -> None:
     seen: dict = {"started": time.time()}
     try:
         # embed with two actors (on two nodes), a node lost once the first shard is written
-        ids = write_images(os.path.join(work, "img"), 96, size=32)
-        embed = dict(model="resnet18", pretrained="none", image_size=32, batch_size=8, partition_size=8, num_actors=2)
+        ids = write_images(os.path.join(work, "img"), 192, size=32)
+        embed = dict(model="resnet18", pretrained="none", image_size=32, batch_size=2, partition_size=8, num_actors=2)
         join = in_thread(lambda: activeft.embed(os.path.join(work, "img"), os.path.join(work, "store"), **embed))
         head, hosts, victims = cluster.head_node.node_id, set(), set()
 
