@@ -1,10 +1,12 @@
 """Collectives per pick of the batched coverage greedy (``engine.greedy_cover``) at B = 10,000, on 1 and
 2 ranks (threads, ``tests/sharding.py``), MaxHerding's kernel weights and ProbCover's balls, and whether
-both rank counts pick the same rows.
+both rank counts pick the same rows; the rows each rank holds a cover of (its halo: the rows its edges
+reach).
 
     python benchmarks/greedy_exchanges.py 100000 benchmarks/results/greedy-exchanges.json
 
-Each exchange is one all-gather (tag: kernel1 = kernel weights on 1 rank, balls2 = balls on 2 ranks).
+Each exchange is one all-gather. ``exchanges``: [tag, picks, exchanges, cover rows, rank] (tag: kernel1 =
+kernel weights on 1 rank, balls2 = balls on 2 ranks).
 """
 import json
 import logging
@@ -26,9 +28,9 @@ records = []
 
 class Grab(logging.Handler):
     def emit(self, r):
-        m = re.search(r"(\w+): (\d+) picks in (\d+) exchanges", r.getMessage())
+        m = re.search(r"(\w+): (\d+) picks in (\d+) exchanges, a cover of (\d+) rows on rank (\d+)", r.getMessage())
         if m:
-            records.append((m.group(1), int(m.group(2)), int(m.group(3))))
+            records.append((m.group(1), *(int(g) for g in m.groups()[1:])))
 
 
 

@@ -17,7 +17,7 @@ from activeft.select import cells, get_selector, list_selectors
 from activeft.select import coverage as coverage_module
 from activeft.select.cells import _select_cell, read_cell, regroup, resolve_partitions, select_in_cells
 from activeft.select.coverage import coverage_by_shard
-from activeft.select.quotas import split_budget
+from activeft.select.quotas import column_groups, split_budget
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,8 +51,8 @@ def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("cells")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 12))[rng.integers(0, 6, 900)] + 0.5 * rng.normal(size=(900, 12))
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(900)], "embedding": list(x.astype("float32"))}),
-                   d / "e.parquet")
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(900)], "embedding": list(x.astype("float32")),
+                             "g": np.arange(900) % 3}), d / "e.parquet")
     return activeft.import_embeddings(str(d / "e.parquet"), str(d / "store"), partition_size=300)
 
 
@@ -101,28 +101,31 @@ def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path, monkeyp
 
 def test_cells_read_only_their_own_row_groups(store, tmp_path):
     measured = np.array([0, 5, 299, 300, 899])  # rows of every shard whose vectors the same pass reads
-    found, vectors = regroup(store, str(tmp_path / "units"), group=np.arange(900) % 4, exclude=np.array([2, 6, 7]),
-                             dropped=np.arange(0, 900, 4), measured=measured)  # units 1, 2, 3 (unit 0 dropped)
+    found, vectors = regroup(store, str(tmp_path / "units"), group=("g", ["0", "1", "2"]), exclude=np.array([2, 5, 7]),
+                             dropped=np.arange(0, 900, 3), measured=measured)  # units 1, 2 (unit 0 dropped)
     np.testing.assert_array_equal(vectors, store.embeddings()[measured])
-    assert sorted(found) == [1, 2, 3] and [found[u][1] for u in (1, 2, 3)] == [225] * 3
-    assert [found[u][2].tolist() for u in (1, 2, 3)] == [[], [2, 6], [7]]
+    assert sorted(found) == [1, 2] and [found[u][1] for u in (1, 2)] == [300] * 2
+    assert [found[u][2].tolist() for u in (1, 2)] == [[7], [2, 5]]
     files = found[1][0]
     assert len(files) == len(store.shard_bounds) == 3
     for f in files:  # a row group per unit: a unit's filter skips every other row group
         meta = pq.ParquetFile(f).metadata
         stats = [meta.row_group(g).column(0).statistics for g in range(meta.num_row_groups)]
-        assert [(s.min, s.max) for s in stats] == [(1, 1), (2, 2), (3, 3)]
-    got = _select_cell(get_selector("random")(seed=0), found[2][0], 2, found[2][2], 223, "cpu")["rows"]
-    assert sorted(got) == [r for r in range(900) if r % 4 == 2 and r not in (2, 6)]
-    rows, x = read_cell(found[3][0], 3)
-    assert rows.tolist() == list(range(3, 900, 4))
-    np.testing.assert_array_equal(x, store.embeddings()[3::4])
+        assert [(s.min, s.max) for s in stats] == [(1, 1), (2, 2)]
+    got = _select_cell(get_selector("random")(seed=0), found[2][0], 2, found[2][2], 298, "cpu")["rows"]
+    assert sorted(got) == [r for r in range(900) if r % 3 == 2 and r not in (2, 5)]
+    rows, x = read_cell(found[1][0], 1)
+    assert rows.tolist() == list(range(1, 900, 3))
+    np.testing.assert_array_equal(x, store.embeddings()[1::3])
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_cells_as_ray_tasks_select_the_same_as_in_process(store):
     selector = get_selector("herding")(seed=0)
-    args = dict(groups=(np.arange(900) % 3, np.array([10, 12, 8])), use_gpu=False, work=None, resume=False,
+    counts = [column_groups(store, "g", np.array([4, 5]), np.array([7]), num_workers=w) for w in (1, 2)]
+    assert counts[0][0] == counts[1][0] == ["0", "1", "2"]  # rows 4 and 5 labeled, row 7 dropped
+    assert counts[0][1].tolist() == counts[1][1].tolist() == [[300, 0, 0], [300, 1, 1], [300, 1, 0]]
+    args = dict(groups=("g", counts[0][0], np.array([10, 12, 8])), use_gpu=False, work=None, resume=False,
                 precision=None)  # quota groups, each cut into 2 cells: the partition, regroup and cell tasks
     one = select_in_cells(selector, store, 30, np.array([4, 5]), 2, num_workers=1, **args)
     tasks = select_in_cells(selector, store, 30, np.array([4, 5]), 2, num_workers=2, **args)

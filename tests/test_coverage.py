@@ -153,7 +153,7 @@ class Counting(Collectives):
 @pytest.mark.parametrize("batch", [1, 4, 64])
 def test_batched_greedy_picks_the_sequential_greedys_rows(batch):
     """Kernel weights, and 0/1 ball weights (integer gains, many ties): the same picks for any batch and any
-    number of workers, with far fewer exchanges than picks."""
+    number of workers (one of them without rows), with far fewer exchanges than picks."""
     x = blobs(360, seed=4)
     rows, d2 = knn_graph(Pool(x, 0, len(x)), Collectives(), 40)
     for w in (torch.exp(-d2.double() / 0.3), (d2 <= 0.4).double()):
@@ -164,8 +164,19 @@ def test_batched_greedy_picks_the_sequential_greedys_rows(batch):
         assert comm.gathers <= (40 if batch == 1 else 20)
         parts = sharded(lambda pool, c, w=w: greedy_cover(pool, c, rows[pool.offset:pool.offset + len(pool.x)],
                                                           w[pool.offset:pool.offset + len(pool.x)], 40, generator(0),
-                                                          [5, 17], batch=batch)[0].tolist(), x, [0, 100, 250, 360])
+                                                          [5, 17], batch=batch)[0].tolist(), x, [0, 100, 100, 250, 360])
         assert all(p == expected for p in parts)
+
+
+def test_a_ranks_cover_follows_its_edges_not_the_pool():
+    """A rank holds the cover of the rows its edges reach: rows 10^12 on, of a pool of 3 x 10^12 rows (an O(N)
+    cover would be 24 TB), pick what the sequential greedy picks on the same graph."""
+    x = blobs(360, seed=4)
+    rows, d2 = knn_graph(Pool(x, 0, len(x)), Collectives(), 40)
+    w = torch.exp(-d2.double() / 0.3)
+    far = 10**12
+    picks = greedy_cover(Pool(x, far, 3 * far), Collectives(), rows + far, w, 40, generator(0), [far + 5, far + 17])[0]
+    assert (picks - far).tolist() == sequential_cover(rows, w, 40, exclude=[5, 17])
 
 
 def test_bilaf_fills_a_class_short_of_its_share_farthest_first(caplog):

@@ -133,10 +133,11 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
 
     ``targets`` (local rows x e, global rows, -1 for none) and ``weights`` (same shape, in [0, 1])
     are each local row's out-edges to other rows; its edge to itself (weight 1) is added. Excluded
-    rows are never picked and cover their targets from the start. The cover is held on every rank
-    (O(N)). Once no row gains anything (the graph is covered), the rest are picked farthest-first
-    from all picks (:func:`~.kcenter.k_center_greedy`, drawing from ``g``), with gain 0, and a
-    warning says so.
+    rows are never picked and cover their targets from the start. A rank holds the cover of the rows
+    its edges reach only (its halo: at most min(N, its edges), so memory O(N / W x e) per rank), and
+    each offered row travels with its targets' covers. Once no row gains anything (the graph is
+    covered), the rest are picked farthest-first from all picks (:func:`~.kcenter.k_center_greedy`,
+    drawing from ``g``), with gain 0, and a warning says so.
 
     Lazy and batched, one collective per exchange rather than two per pick: each rank offers its
     ``batch`` best rows with their edges and the best gain left behind; every rank then replays the
@@ -147,19 +148,25 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
     dev = pool.device
     itself = torch.arange(len(targets), device=dev)[:, None] + pool.offset
     w = torch.cat([torch.ones_like(itself, dtype=torch.float64), torch.where(targets >= 0, weights.double(), 0.0)], 1)
-    t = torch.cat([itself, targets.clamp(min=0)], 1)
+    # the cover of the rows this rank's edges reach (its halo, sorted global rows), not of the whole pool;
+    # t: each edge's place in the halo; by_target[starts[h]:starts[h + 1]]: the edges into halo row h
+    edges, by_target = torch.sort(torch.cat([itself, targets.clamp(min=0)], 1).flatten(), stable=True)
+    first = torch.ones(len(edges), dtype=torch.bool, device=dev)
+    first[1:] = edges[1:] != edges[:-1]
+    halo, starts = edges[first], torch.cat([torch.nonzero(first).flatten(), torch.tensor([len(edges)], device=dev)])
+    t = torch.empty_like(edges).scatter_(0, by_target, torch.cumsum(first, 0) - 1).reshape(w.shape)
     e = t.shape[1]
-    cover = torch.zeros(pool.size, dtype=torch.float64, device=dev)
+    cover = torch.zeros(len(halo), dtype=torch.float64, device=dev)
     free = torch.ones(len(t), dtype=torch.bool, device=dev)
-    # reverse edges: for each target row, the local rows pointing at it
-    flat = t.flatten()
-    by_target = torch.sort(flat, stable=True).indices
-    starts = torch.searchsorted(flat[by_target], torch.arange(pool.size + 1, device=dev))
 
     def raise_cover(to: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Raise ``cover[to]`` to ``value``; the local rows whose gain changed."""
-        rose = value > cover[to]
-        to, value = to[rose], value[rose]
+        """Raise the cover of global rows ``to`` to ``value`` (those in the halo); the local rows whose gain
+        changed."""
+        if not len(halo):
+            return torch.empty(0, dtype=torch.long, device=dev)
+        at = torch.searchsorted(halo, to).clamp_(max=len(halo) - 1)
+        rose = (halo[at] == to) & (value > cover[at])
+        to, value = at[rose], value[rose]
         cover.scatter_reduce_(0, to, value, "amax")
         to = torch.unique(to)
         lo, hi = starts[to], starts[to + 1]
@@ -168,14 +175,14 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
         spans = torch.repeat_interleave(lo - torch.cumsum(hi - lo, 0) + (hi - lo), hi - lo)
         return torch.unique(by_target[spans + torch.arange(int((hi - lo).sum()), device=dev)] // e)
 
-    def gains(to: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return _fixed_sum((weight - cover[to]).clamp_(min=0))
+    def gains(values: torch.Tensor, to: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return _fixed_sum((weight - values[to]).clamp_(min=0))
 
     def offer() -> torch.Tensor:
         """This rank's ``batch`` best free rows (ties to the smaller row) as rows of
-        ``[gain, row, targets..., weights...]``, padded with gain -inf, and a last row ``[bound, first]``:
-        every row not offered gains at most ``bound``, and one that gains exactly ``bound`` is
-        ``first`` or after it."""
+        ``[gain, row, targets..., weights..., their covers...]``, padded with gain -inf, and a last row
+        ``[bound, first]``: every row not offered gains at most ``bound``, and one that gains exactly
+        ``bound`` is ``first`` or after it."""
         k = min(batch + 1, len(gain))
         top = torch.topk(gain, k).values if k else gain.new_zeros(0)
         bound = float(top[-1]) if k == batch + 1 else -torch.inf
@@ -183,9 +190,10 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
         ties = torch.nonzero(gain == bound).flatten() if bound > -torch.inf else above[:0]
         mine = torch.cat([above, ties[:batch - len(above)]])
         first = float(ties[batch - len(above)] + pool.offset) if len(ties) > batch - len(above) else torch.inf
-        packed = torch.full((batch + 1, 2 + 2 * e), -torch.inf, dtype=torch.float64, device=dev)
+        packed = torch.full((batch + 1, 2 + 3 * e), -torch.inf, dtype=torch.float64, device=dev)
         packed[:len(mine), 0], packed[:len(mine), 1] = gain[mine], (mine + pool.offset).double()
-        packed[:len(mine), 2:2 + e], packed[:len(mine), 2 + e:] = t[mine].double(), w[mine]
+        packed[:len(mine), 2:2 + e], packed[:len(mine), 2 + e:2 + 2 * e] = halo[t[mine]].double(), w[mine]
+        packed[:len(mine), 2 + 2 * e:] = cover[t[mine]]
         packed[batch, :2] = torch.tensor([bound, first], dtype=torch.float64)
         return packed
 
@@ -193,20 +201,23 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
     if len(exclude):
         mask, local = pool.local(exclude)
         packed = torch.zeros(len(exclude), 2, e, dtype=torch.float64, device=dev)
-        packed[mask, 0], packed[mask, 1] = t[local].double(), w[local]
+        packed[mask, 0], packed[mask, 1] = halo[t[local]].double(), w[local]
         packed = comm.all_reduce(packed)
         raise_cover(packed[:, 0].long().flatten(), packed[:, 1].flatten())
         free[local] = False
-    gain = torch.where(free, gains(t, w), -torch.inf)
+    gain = torch.where(free, gains(cover, t, w), -torch.inf)
     chosen, got, every, exchanges = [], [], log_every(budget), 0
     while len(chosen) < budget:
-        offered = comm.all_gather(offer())  # (world, batch + 1, 2 + 2e): the one collective of an exchange
+        offered = comm.all_gather(offer())  # (world, batch + 1, 2 + 3e): the one collective of an exchange
         exchanges += 1
         bounds, firsts = offered[:, batch, 0], offered[:, batch, 1]
-        offered = offered[:, :batch].reshape(-1, 2 + 2 * e)
+        offered = offered[:, :batch].reshape(-1, 2 + 3 * e)
         offered = offered[offered[:, 0] > -torch.inf]
-        rows, to, weight = offered[:, 1].long(), offered[:, 2:2 + e].long(), offered[:, 2 + e:]
-        now, picks, changed = offered[:, 0].clone(), [], []
+        rows, weight = offered[:, 1].long(), offered[:, 2 + e:2 + 2 * e]
+        # the offered rows' targets and their covers, as the ranks holding them sent them (every halo agrees)
+        reached, to = torch.unique(offered[:, 2:2 + e].long(), return_inverse=True)
+        near = cover.new_zeros(len(reached)).scatter_reduce_(0, to.flatten(), offered[:, 2 + 2 * e:].flatten(), "amax")
+        now, picks, taken = offered[:, 0].clone(), [], []
         while len(chosen) < budget:
             v = float(now.max()) if len(now) else -torch.inf
             tied = torch.nonzero(now == v).flatten()
@@ -214,15 +225,16 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
             if v <= 0 or (picks and not bool(((v > bounds) | ((v == bounds) & (rows[best] < firsts))).all())):
                 break  # covered, or a row not offered might beat it: exchange again
             picks.append(int(rows[best]))
+            taken.append(best)
             chosen.append(picks[-1])
             got.append(v)
-            changed.append(raise_cover(to[best], weight[best]))
+            near.scatter_reduce_(0, to[best], weight[best], "amax")
             now[best] = -torch.inf
             left = now > -torch.inf
-            now[left] = gains(to[left], weight[left])
+            now[left] = gains(near, to[left], weight[left])
             if comm.rank == 0 and len(chosen) % every == 0:
-                log.info("%s: %d/%d picked, gain %.4g, coverage %.4f", tag, len(chosen), budget, got[-1],
-                         float(cover.mean()))
+                log.info("%s: %d/%d picked, gain %.4g, coverage gained %.4f", tag, len(chosen), budget, got[-1],
+                         sum(got) / pool.size)
         if not picks:  # the best row gains nothing: the graph is covered
             if comm.rank == 0:
                 log.warning("%s: the graph is covered after %d of %d picks; the other %d are picked "
@@ -230,11 +242,14 @@ def greedy_cover(pool: Pool, comm: Collectives, targets: torch.Tensor, weights: 
             taken = [*exclude.tolist(), *chosen]
             rest = k_center_greedy(pool, comm, budget - len(chosen), g, taken, tag=f"{tag} (farthest-first)")
             return torch.tensor(chosen + rest.tolist()), torch.tensor(got + [0.0] * len(rest), dtype=torch.float64)
+        taken = torch.tensor(taken, device=dev)  # the exchange's picks raise this rank's cover at once
+        changed = raise_cover(reached[to[taken]].flatten(), weight[taken].flatten())
         _, local = pool.local(torch.tensor(picks))
         free[local] = False
-        changed = torch.unique(torch.cat([*changed, local]))
-        gain[changed] = torch.where(free[changed], gains(t[changed], w[changed]), -torch.inf)
-    log.debug("%s: %d picks in %d exchanges", tag, len(chosen), exchanges)
+        changed = torch.unique(torch.cat([changed, local]))
+        gain[changed] = torch.where(free[changed], gains(cover, t[changed], w[changed]), -torch.inf)
+    log.debug("%s: %d picks in %d exchanges, a cover of %d rows on rank %d", tag, len(chosen), exchanges, len(halo),
+              comm.rank)
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(got, dtype=torch.float64)
 
 

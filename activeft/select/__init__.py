@@ -42,7 +42,7 @@ from ..stages import Command, Section, stage
 from . import activeft, bilaf, fds, herding, kmeans, probcover, random, typiclust  # noqa: F401  (register the methods)
 from .cells import parse_partitions, resolve_partitions, select_in_cells
 from .coverage import coverage_by_shard, coverage_job, measured_rows
-from .quotas import column_groups, group_budgets, parse_quotas
+from .quotas import check_column, column_groups, group_budgets, parse_quotas
 from .registry import Selector, get_selector, list_selectors
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,13 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
                              "first (activeft dedup)")
     if cells > available:
         raise ParameterError(f"partitions {cells} for a pool of {available} selectable rows: use fewer cells")
-    groups = column_groups(store, balance_by) if balance_by is not None else None
+    if balance_by is not None:
+        check_column(store, balance_by)
     quotas = parse_quotas(quotas)
     config = {**selector.config(), "budget": budget, "store": store.uri, "excluded": len(exclude_rows),
               **({"partitions": cells} if cells else {}),
               "num_workers": num_workers, **({"dedup": dedup, "dedup_keep": dedup_keep} if dedup else {}),
-              **({"balance_by": balance_by, "quotas": quotas} if groups else {}),
+              **({"balance_by": balance_by, "quotas": quotas} if balance_by is not None else {}),
               **({"drop_outliers": drop_outliers} if drop_outliers else {})}
     import torch
 
@@ -256,12 +257,14 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
             if budget > available - len(dropped):
                 raise ParameterError(f"budget {budget} is larger than the {available - len(dropped)} selectable rows "
                                      f"left by drop_outliers {drop_outliers}")
-        shares = None
-        if groups:
-            budgets, shares = group_budgets(*groups, quotas, budget, exclude_rows, dropped)
+        groups = shares = None
+        if balance_by is not None:
+            values, counts = column_groups(store, balance_by, exclude_rows, dropped, num_workers)
+            budgets, shares = group_budgets(values, counts, quotas, budget)
+            groups = (balance_by, values, budgets)
         if cells or groups:
             result = select_in_cells(selector, store, budget, exclude_rows, cells, dropped=dropped,
-                                     groups=groups and (groups[1], budgets), measured=measured_rows(len(store)).numpy(),
+                                     groups=groups, measured=measured_rows(len(store)).numpy(),
                                      num_workers=num_workers, use_gpu=use_gpu, work=work, resume=resume,
                                      precision=precision)
             random_rows = sample_rows(len(store), budget, generator(seed + 1), torch.from_numpy(exclude_rows))
@@ -287,7 +290,7 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         for name, values in result["columns"].items():
             table = table.append_column(name, pa.array(values))
         if groups and balance_by not in table.column_names:
-            table = table.append_column(balance_by, pa.array(np.asarray(groups[0])[groups[1][rows]]))
+            table = table.append_column(balance_by, store.take(rows, [balance_by]).column(balance_by))
         info = {**protocol.header(), "config": config, "budget": budget, "pool_size": len(store),
                 "excluded": len(exclude_rows), "store": {"uri": store.uri, "model": store.model, "dim": store.dim},
                 **result["info"],

@@ -35,7 +35,7 @@ from ..engine import Collectives, FlatIndex, Pool, generator, kmeans, sample_row
 from ..io import storage
 from ..io.store import EmbeddingStore, embedding_array, embedding_matrix, shard_name
 from ..runtime.tasks import gather, tasks, within
-from .quotas import split_budget
+from .quotas import group_text, split_budget
 from .registry import Selector
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,18 @@ def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, num_workers: 
     return next(tasks(_kmeans_cells, args, num_workers, use_gpu))[1]
 
 
-def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None, partition: tuple | None,
+def _write_units(store_uri: str, start: int, stop: int, group: tuple | None, partition: tuple | None,
                  held: np.ndarray, dropped: np.ndarray, measured: np.ndarray, path: str, device: str) -> dict:
     """Rows ``[start, stop)`` of the store (one shard) written to ``path`` by unit, a row group each (columns
-    ``unit``, ``row``, ``embedding``): a row's unit is its group (``group``, else 0) times the cells plus its
-    cell, the nearest of ``partition``'s ``(cells, centroids, precision)``; ``dropped`` rows are left out.
+    ``unit``, ``row``, ``embedding``): a row's unit is its group (its value's place among ``group``'s
+    ``(column, sorted values)``, else 0) times the cells plus its cell, the nearest of ``partition``'s
+    ``(cells, centroids, precision)``; ``dropped`` rows are left out.
     -> the units written, their rows, each ``held`` row with its unit, and the float32 vectors of the
     ``measured`` rows (read in the same pass, for the coverage)."""
     store = EmbeddingStore(store_uri)
     x = store.embeddings(start, stop, dtype=store.dtype)
-    unit = np.zeros(stop - start, np.int64) if group is None else np.array(group, np.int64)  # (a copy: writable)
+    unit = (np.zeros(stop - start, np.int64) if group is None else
+            np.searchsorted(np.array(group[1]), group_text(store, group[0], start, stop)))
     if partition is not None:
         cells, centroids, precision = partition
         index = FlatIndex(torch.tensor(centroids, dtype=torch.float32, device=device), "l2", precision=precision)
@@ -124,7 +126,7 @@ def _write_units(store_uri: str, start: int, stop: int, group: np.ndarray | None
             "measured": x[measured - start].astype(np.float32)}
 
 
-def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = None, partition: tuple | None = None,
+def regroup(store: EmbeddingStore, where: str, *, group: tuple | None = None, partition: tuple | None = None,
             exclude: np.ndarray, dropped: np.ndarray, measured: np.ndarray | None = None, num_workers: int = 1,
             use_gpu: bool = False, resume: bool = False) -> tuple[dict, np.ndarray | None]:
     """Each shard's rows grouped by unit under ``where`` (:func:`_write_units`: one pass over the store,
@@ -137,7 +139,7 @@ def regroup(store: EmbeddingStore, where: str, *, group: np.ndarray | None = Non
         shards = storage.read_json(done)
     else:
         measured = np.zeros(0, np.int64) if measured is None else measured
-        args = {i: (store.uri, lo, hi, None if group is None else group[lo:hi], partition, within(exclude, lo, hi),
+        args = {i: (store.uri, lo, hi, group, partition, within(exclude, lo, hi),
                     within(dropped, lo, hi), within(measured, lo, hi), storage.join(where, shard_name(i)),
                     "cuda" if use_gpu else "cpu")
                 for i, (lo, hi) in enumerate(store.shard_bounds)}
@@ -180,16 +182,16 @@ def _select_cell(selector: Selector, files: list[str], unit: int, exclude: np.nd
 
 
 def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, exclude: np.ndarray, cells: int, *,
-                    groups: tuple[np.ndarray, np.ndarray] | None = None, dropped: np.ndarray | None = None,
+                    groups: tuple[str, list[str], np.ndarray] | None = None, dropped: np.ndarray | None = None,
                     measured: np.ndarray | None = None, num_workers: int, use_gpu: bool, work: str | None,
                     resume: bool, precision: str | None) -> dict:
     """``budget`` rows of ``store`` by ``selector`` run inside ``cells`` k-means cells (module docstring;
-    0: one cell), or inside each quota group of ``groups`` (each row's group and each group's budget,
-    :mod:`.quotas`), cut into its share of the cells: ``{"rows", "columns", "info"}`` as a flat
+    0: one cell), or inside each quota group of ``groups`` (the column, its values as text and each one's
+    budget, :mod:`.quotas`), cut into its share of the cells: ``{"rows", "columns", "info"}`` as a flat
     selection's job returns them, with a ``cell`` column (with cells) and ``info["partitions"]``: each
     cell's group, rows, excluded rows, budget and seconds; and ``"measured"``: the vectors of the sorted
     ``measured`` rows, read in the regroup pass (None on a resumed regroup). ``dropped`` rows are never
-    selected. The driver holds a few numbers a cell, never one a row (but the quota groups' codes)."""
+    selected. The driver holds a few numbers a cell, never one a row."""
     start = time.perf_counter()
     if work and not resume:
         storage.delete(storage.join(work, "cells"))
@@ -208,7 +210,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
     where = storage.join(work, "units") if work else storage.join(store.uri, "_work", "cells", uuid.uuid4().hex)
     done, todo = {}, []
     try:
-        found, vectors = regroup(store, where, group=None if groups is None else groups[0], exclude=exclude,
+        found, vectors = regroup(store, where, group=None if groups is None else groups[:2], exclude=exclude,
                                  partition=(cells, parts["centroids"], precision) if cells else None,
                                  dropped=np.zeros(0, np.int64) if dropped is None else dropped, measured=measured,
                                  num_workers=num_workers, use_gpu=use_gpu, resume=resume)
@@ -220,7 +222,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         budgets = np.zeros(len(keys), dtype=np.int64)
         for g in np.unique(owner):
             mine = owner == g
-            budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[1][g]))
+            budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[2][g]))
         partition_s = time.perf_counter() - start
         log.info("select: %d cells of %d to %d rows (partition and regroup in %.1f s); budgets %d to %d", len(keys),
                  sizes.min(), sizes.max(), partition_s, budgets.min(), budgets.max())

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..io.store import EmbeddingStore
+from ..runtime.tasks import tasks, within
 
 RULES = ("uniform", "proportional")
 NULL = "null"  # the group of rows whose column is empty
@@ -63,23 +64,48 @@ def split_budget(weights: np.ndarray, free: np.ndarray, budget: int, held: np.nd
     return out
 
 
-def column_groups(store: EmbeddingStore, column: str) -> tuple[list[str], np.ndarray]:
-    """The distinct values of ``column`` as text (sorted; empty ones are :data:`NULL`) and each row's group."""
+def check_column(store: EmbeddingStore, column: str) -> None:
+    """One line naming the store's columns, unless ``column`` is one to balance by."""
     if column not in store.columns or column == "embedding":
         raise ParameterError(f"balance_by {column!r} is not a column of the store; it has "
                              + ", ".join(c for c in store.columns if c != "embedding"))
-    text = np.array([NULL if v is None else str(v) for v in store.read(columns=[column]).column(column).to_pylist()])
-    values, codes = np.unique(text, return_inverse=True)
-    return values.tolist(), codes
 
 
-def group_budgets(values: list[str], codes: np.ndarray, quotas, budget: int, exclude: np.ndarray,
-                  dropped: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-    """Each group's budget under ``quotas`` (module docstring) and a table of the groups: value, rows,
-    labeled, free, target and budget."""
-    sizes = np.bincount(codes, minlength=len(values))
-    held = np.bincount(codes[exclude], minlength=len(values))
-    free = sizes - held - np.bincount(codes[dropped], minlength=len(values))
+def group_text(store: EmbeddingStore, column: str, start: int, stop: int) -> np.ndarray:
+    """Each of rows ``[start, stop)``'s group: its value in ``column`` as text, :data:`NULL` when empty."""
+    values = store.read(start, stop, [column]).column(column).to_pylist()
+    return np.array([NULL if v is None else str(v) for v in values])
+
+
+def _count_groups(store_uri: str, column: str, start: int, stop: int, held: np.ndarray,
+                  dropped: np.ndarray) -> dict[str, list[int]]:
+    """One shard's groups: ``{value: [rows, held rows, dropped rows]}``."""
+    values, codes = np.unique(group_text(EmbeddingStore(store_uri), column, start, stop), return_inverse=True)
+    counts = [np.bincount(c, minlength=len(values)) for c in (codes, codes[held - start], codes[dropped - start])]
+    return {v: [int(c[g]) for c in counts] for g, v in enumerate(values.tolist())}
+
+
+def column_groups(store: EmbeddingStore, column: str, exclude: np.ndarray, dropped: np.ndarray,
+                  num_workers: int = 1) -> tuple[list[str], np.ndarray]:
+    """The distinct values of ``column`` as text (sorted; empty ones are :data:`NULL`) and each one's rows,
+    labeled (``exclude``) rows and ``dropped`` rows (``(values, 3)``): a task a shard, so the driver holds a
+    few numbers a group, never one a row."""
+    check_column(store, column)
+    args = {i: (store.uri, column, lo, hi, within(exclude, lo, hi), within(dropped, lo, hi))
+            for i, (lo, hi) in enumerate(store.shard_bounds)}
+    total: dict[str, np.ndarray] = {}
+    for _, part in tasks(_count_groups, args, num_workers, use_gpu=False):
+        for v, c in part.items():
+            total[v] = total.get(v, 0) + np.array(c, np.int64)
+    values = sorted(total)
+    return values, np.array([total[v] for v in values], np.int64).reshape(-1, 3)
+
+
+def group_budgets(values: list[str], counts: np.ndarray, quotas, budget: int) -> tuple[np.ndarray, list[dict]]:
+    """Each group's budget under ``quotas`` (module docstring) from its :func:`column_groups` ``counts``, and
+    a table of the groups: value, rows, labeled, free, target and budget."""
+    sizes, held, dropped = counts.T
+    free = sizes - held - dropped
     if isinstance(quotas, dict):
         unknown = sorted(set(quotas) - set(values))
         if unknown:
