@@ -33,7 +33,7 @@ def test_budget_split_by_rows_with_largest_remainders_and_small_cells_giving_all
 
 
 def test_auto_cuts_only_large_pools_and_never_into_more_cells_than_picks(caplog):
-    assert resolve_partitions("off", 10**9, 10**7) == 0 and resolve_partitions(7, 100, 7) == 7
+    assert resolve_partitions("off", 10**9, 10**7) == 0 and resolve_partitions(7, 1000, 210) == 7
     assert resolve_partitions("auto", 1_000_000, 10**4) == 0 and resolve_partitions("auto", 1_000_001, 10**4) == 5
     assert not caplog.records
     with caplog.at_level(logging.WARNING, logger="activeft"):
@@ -41,9 +41,12 @@ def test_auto_cuts_only_large_pools_and_never_into_more_cells_than_picks(caplog)
         assert resolve_partitions("auto", 10**9, 1000) == 1000  # cells of 1M rows, a pick each
         assert "1000 cells of ~1000000 rows, not 4000 of ~250000: no more cells than the budget's 1000 picks" \
             in caplog.text
+        assert "1000 cells for a budget of 1000 (1 picks a cell): under 30 picks a cell" in caplog.text
         assert resolve_partitions("auto", 10**9, 1) == 0  # flat
+        assert resolve_partitions(7, 1000, 209) == 7 and "(29.9 picks a cell)" in caplog.records[-1].getMessage()
+        caplog.clear()
         assert resolve_partitions(8, 100, 5) == 8  # as asked, loudly
-    assert "8 cells for a budget of 5: at least 3 cells get no pick" in caplog.records[-1].getMessage()
+    assert len(caplog.records) == 1 and "8 cells for a budget of 5: at least 3 cells get no pick" in caplog.text
 
 
 @pytest.fixture(scope="module")

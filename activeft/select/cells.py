@@ -43,6 +43,7 @@ CELL_ROWS = 250_000  # rows per cell that ``partitions="auto"`` aims at
 AUTO_ABOVE = 1_000_000  # ``partitions="auto"`` cuts pools larger than this
 PARTITION_ITERATIONS = 20  # Lloyd iterations of the partition (cells need not be converged clusters)
 PARTITION_SAMPLE = 256  # rows a cell the partition's k-means is fitted on (faiss's max_points_per_centroid)
+FEW_PICKS = 30  # picks a cell below which cells measured behind a flat selection (benchmarks/RESULTS.md)
 
 
 def parse_partitions(value) -> str | int:
@@ -58,8 +59,18 @@ def parse_partitions(value) -> str | int:
 def resolve_partitions(partitions, rows: int, budget: int) -> int:
     """The number of cells: ``"off"`` -> 0; ``"auto"`` -> ``ceil(rows / CELL_ROWS)`` above
     :data:`AUTO_ABOVE` rows, but no more cells than picks (larger cells, with a warning), and 0 below
-    two; a number >= 2 as given, with a warning when it is more than the picks (cells with none)."""
-    partitions = parse_partitions(partitions)
+    two; a number >= 2 as given, with a warning when it is more than the picks (cells with none). Fewer
+    than :data:`FEW_PICKS` picks a cell: a warning of what that cost on Fashion-MNIST."""
+    cells = _cells(parse_partitions(partitions), rows, budget)
+    if cells and cells <= budget < FEW_PICKS * cells:
+        log.warning("select: %d cells for a budget of %d (%.3g picks a cell): under %d picks a cell, cells were "
+                    "0.4 to 2.5 points behind a flat selection on Fashion-MNIST (benchmarks/RESULTS.md); use fewer "
+                    "cells, or --partitions off where the pool fits one worker", cells, budget, budget / cells,
+                    FEW_PICKS)
+    return cells
+
+
+def _cells(partitions, rows: int, budget: int) -> int:
     if partitions == "off":
         return 0
     if partitions == "auto":
