@@ -71,6 +71,7 @@ def resolve_partitions(partitions, rows: int, budget: int) -> int:
 
 
 def _cells(partitions, rows: int, budget: int) -> int:
+    """:func:`resolve_partitions` before its few-picks warning."""
     if partitions == "off":
         return 0
     if partitions == "auto":
