@@ -2,8 +2,8 @@
 two more (separate raylets and object stores), in its own process (``tests/test_multinode.py``
 starts it: a process can join one Ray only). Writes what it saw as JSON to ``argv[2]``.
 
-- embed with two actors, and a node (not the head) that runs one removed while it runs (a new node added
-  3 s later): the actors ran on two nodes or more: every image is in the store once, with the embedding a forward pass
+- embed with two actors (a CPU each on several nodes, so on two of the 1-CPU nodes), and a node (not the
+  head) that runs one removed while it runs (a new node added 3 s later): the actors ran on two nodes or more: every image is in the store once, with the embedding a forward pass
   in this process gives;
 - select with W = 3 (a worker a node), one node removed once Ray Train has registered a checkpoint and a
   new one added 3 s later: the run restarts from the checkpoint and selects what the run in this
@@ -87,6 +87,7 @@ def main(work: str, report: str) -> None:
         def embedding_off_the_head() -> bool:  # an embed actor alive on a node other than the head
             actors = [a for a in list_actors(detail=True, limit=10_000) if a.state == "ALIVE"]
             embedders = {a.node_id for a in actors if "Embedder" in a.class_name}
+            seen["embed_actors"] = sorted({f"{a.class_name} on {a.node_id}" for a in actors})  # (for a failure)
             hosts.update(embedders)
             # not a node of Ray Data's own actors (a lost one fails the run: README, Selection)
             victims.update(embedders - {a.node_id for a in actors if "Embedder" not in a.class_name} - {head})

@@ -41,10 +41,15 @@ def run(output: str, todo: dict[int, int], columns: list[str], spec: BackboneSpe
     # Decoding is the usual bottleneck, so it gets every CPU of the cluster: 1-CPU tasks on
     # blocks of about 256 rows (whole batches), fewer when that leaves under two blocks per CPU,
     # whatever the partition size (a streaming repartition splits the plan files). Nothing else
-    # reserves a CPU: a GPU actor only copies batches, writes are light, and CPU actors run
-    # cluster CPUs / actors torch threads beside the decode tasks, as a DataLoader's main process
+    # reserves a CPU on one node: a GPU actor only copies batches, writes are light, and CPU actors
+    # run cluster CPUs / actors torch threads beside the decode tasks, as a DataLoader's main process
     # runs beside its workers; their OpenMP threads sleep rather than spin at barriers, or they
-    # would take the cores decoding needs.
+    # would take the cores decoding needs. On several nodes a CPU actor reserves one CPU, so that Ray
+    # spreads the actors by free CPUs: without, Ray's SPREAD put both of two on the head in 2 of 5
+    # runs on 3 nodes (tests/multinode.py), with threads for the whole cluster. A CPU always stays
+    # free for decoding, or no image would reach the actors.
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    reserve = 0 if gpus_per_actor or nodes < 2 or pool[1] >= cpus else 1
     rows = min(batch_size * max(1, 256 // batch_size), math.ceil(sum(todo.values()) / (2 * cpus)))
     threads = None if gpus_per_actor else max(1, int(cpus) // pool[1])
     ds = ray.data.read_datasource(PlanSource(output, todo), concurrency=1).repartition(target_num_rows_per_block=rows)
@@ -55,7 +60,7 @@ def run(output: str, todo: dict[int, int], columns: list[str], spec: BackboneSpe
                                                "threads": threads},
                         compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
                                                            initial_size=pool[1] if gpus_per_actor else pool[0]),
-                        num_cpus=0, num_gpus=gpus_per_actor or None,
+                        num_cpus=reserve, num_gpus=gpus_per_actor or None,
                         runtime_env=None if gpus_per_actor else {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     # one write at a time: two writes of one partition could race on its staging directory
     ds.write_datasink(ShardSink(output, todo, columns), ray_remote_args={"num_cpus": 0}, concurrency=1)
