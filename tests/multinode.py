@@ -3,8 +3,8 @@ two more (separate raylets and object stores), in its own process (``tests/test_
 starts it: a process can join one Ray only). Writes what it saw as JSON to ``argv[2]``.
 
 - embed with two actors (a CPU each on several nodes, so on two of the 1-CPU nodes), and a node (not the
-  head) that runs one removed while it runs (a new node added 3 s later): the actors ran on two nodes or more: every image is in the store once, with the embedding a forward pass
-  in this process gives;
+  head) that runs one removed while it runs (a new node added 3 s later): the actors ran on two nodes or
+  more; every image is in the store once, with the embedding a forward pass in this process gives;
 - select with W = 3 (a worker a node), one node removed once Ray Train has registered a checkpoint and a
   new one added 3 s later: the run restarts from the checkpoint and selects what the run in this
   process selects, with the same loss at every iteration;
