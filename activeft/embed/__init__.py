@@ -86,7 +86,8 @@ def embed(source: str, output: str, *, model: str = "vit_small_patch16_224.dino"
         Override the model's input size.
     num_actors : int, str or (min, max), optional
         Model actors: N, or ``"MIN,MAX"`` to autoscale; default: one actor per GPU (per
-        ``gpus_per_actor``), or one CPU actor per 4 CPUs.
+        ``gpus_per_actor``), or one CPU actor per 4 CPUs (reserving one CPU each on a cluster of several
+        nodes, so that Ray spreads them, while a CPU is left for decoding).
     gpus_per_actor : float, optional
         GPUs per actor (fractions share a GPU); default 1 on GPU clusters.
     partition_size : int, default=10000
