@@ -157,7 +157,7 @@ def main(work: str, report: str) -> None:
         ray.shutdown()
         cluster.shutdown()  # the head, its GCS and every node
         seen["head_killed"] = time.time()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
