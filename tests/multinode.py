@@ -78,7 +78,7 @@ def main(work: str, report: str) -> None:
 
     seen: dict = {"started": time.time()}
     try:
-        # embed with two actors (on two nodes), a node lost once the first shard is written
+        # embed with two actors (on two nodes), a node running one lost while it embeds
         ids = write_images(os.path.join(work, "img"), 96, size=32)
         embed = dict(model="resnet18", pretrained="none", image_size=32, batch_size=2, partition_size=8, num_actors=2)
         join = in_thread(lambda: activeft.embed(os.path.join(work, "img"), os.path.join(work, "store"), **embed))
