@@ -161,7 +161,7 @@ def main(work: str, report: str) -> None:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
-        time.sleep(max(0.0, killed + 3.5 - time.time()))  # (the lease has expired by now, as a rule)
+        time.sleep(max(0.0, killed + 3.5 - time.time()))  # the dead run's 3 s lease, expired (usually already)
         resumed = activeft.select(pool, 15, num_workers=2, output=out, resume=True, **params)
         seen["head_resumed_from"] = resumed.info["resumed_from_iteration"]
         seen["head_equal"] = resumed.ids == clean.ids
