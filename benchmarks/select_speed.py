@@ -297,9 +297,10 @@ def part_select(a, device):
 
 
 def part_scale(a, device):
-    """How the default selector's cost grows with the pool: 1% of each of ``--scale-n`` rows, flat
-    (``partitions="off"``, up to ``--flat-up-to`` rows) and hierarchical (cells of ``--cell-rows``),
-    seconds, peak memory and coverage."""
+    """How the default selector's cost grows with the pool: 1% (or ``--scale-b``) of each of ``--scale-n``
+    rows, flat (``partitions="off"``, up to ``--flat-up-to`` rows) and hierarchical (cells of
+    ``--cell-rows``; with ``--scale-b`` also ``auto``: a cell a pick at under 30 picks a cell), seconds,
+    peak memory and coverage."""
     import activeft
     from activeft.select import cells
 
@@ -311,19 +312,21 @@ def part_scale(a, device):
                 f.write("\n".join(f"r{i}" for i in range(n)))
             store = activeft.import_embeddings(f"{d}/x.npy", f"{d}/store", ids=f"{d}/ids.txt")
             parts = max(2, math.ceil(n / (a.cell_rows or cells.CELL_ROWS)))
-            for partitions in (["off"] if n <= a.flat_up_to else []) + [parts]:
+            budget = a.scale_b or n // 100
+            for partitions in (["off"] if n <= a.flat_up_to else []) + [parts] + (["auto"] if a.scale_b else []):
                 out = {}
 
-                def go(store=store, n=n, partitions=partitions, out=out):
+                def go(store=store, budget=budget, partitions=partitions, out=out):
                     t = time.perf_counter()
-                    out["sel"] = activeft.select(store, n // 100, method=a.methods.split(",")[0],
+                    out["sel"] = activeft.select(store, budget, method=a.methods.split(",")[0],
                                                  partitions=partitions, use_gpu=device.type == "cuda")
                     out["wall_s"] = time.perf_counter() - t
 
                 peak = peak_bytes(go, device)
                 info = out["sel"].info
-                rows.append({"method": info["config"]["method"], "N": n, "D": a.d, "B": n // 100,
-                             "partitions": partitions, "wall_s": round(out["wall_s"], 1),
+                rows.append({"method": info["config"]["method"], "N": n, "D": a.d, "B": budget,
+                             "partitions": partitions, "cells": info["config"].get("partitions", 0),
+                             "wall_s": round(out["wall_s"], 1),
                              "peak_gb": round(peak / 1e9, 2), "coverage": info["coverage"],
                              "coverage_random": info["coverage_random"],
                              "seconds_partition": info.get("partitions", {}).get("seconds_partition")})
@@ -459,6 +462,7 @@ def main():
     p.add_argument("--scale-n", default="250000,500000,1000000,2000000,4000000", help="pool rows of --only scale")
     p.add_argument("--flat-up-to", type=int, default=1_000_000, help="--only scale: flat selection up to these rows")
     p.add_argument("--cell-rows", type=int, help="--only scale: rows per cell (default: the product's CELL_ROWS)")
+    p.add_argument("--scale-b", type=int, help="--only scale: this budget, not 1%%, and partitions auto too")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
     device = torch.device(a.device)

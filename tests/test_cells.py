@@ -32,18 +32,30 @@ def test_budget_split_by_rows_with_largest_remainders_and_small_cells_giving_all
     assert got.tolist() == [1, 0, 500, 7]
 
 
-def test_auto_cuts_only_large_pools_and_never_into_more_cells_than_picks(caplog):
+def test_auto_cuts_only_large_pools_and_under_30_picks_a_cell_gives_each_pick_a_cell(caplog):
     assert resolve_partitions("off", 10**9, 10**7) == 0 and resolve_partitions(7, 1000, 210) == 7
     assert resolve_partitions("auto", 1_000_000, 10**4) == 0 and resolve_partitions("auto", 1_000_001, 10**4) == 5
     assert not caplog.records
-    with caplog.at_level(logging.WARNING, logger="activeft"):
+    with caplog.at_level(logging.INFO, logger="activeft"):
         assert resolve_partitions("auto", 10**9, 10**7) == 4000 and not caplog.records
+        assert resolve_partitions("auto", 2_000_000, 50) == 50  # not 8 cells of 6.25 picks: a cell a pick
+        assert [r.levelno for r in caplog.records] == [logging.INFO]
+        assert "50 cells of ~40000 rows, not 8 of ~250000: a cell a pick" in caplog.text
+        caplog.clear()
+        assert resolve_partitions("auto", 2_000_000, 240) == 8  # 30 picks a cell
         assert resolve_partitions("auto", 10**9, 1000) == 1000  # cells of 1M rows, a pick each
-        assert "1000 cells of ~1000000 rows, not 4000 of ~250000: no more cells than the budget's 1000 picks" \
-            in caplog.text
-        assert "1000 cells for a budget of 1000 (1 picks a cell): under 30 picks a cell" in caplog.text
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "1000 cells of ~1000000 rows, not 4000 of ~250000: a cell a pick" in caplog.text
+        caplog.clear()
+        assert resolve_partitions("auto", 30_000_000, 2000) == 1024  # 120 cells wanted; at most PICK_CELLS, loudly
+        assert "1024 cells for a budget of 2000 (1.95 picks a cell): under 30 picks a cell" in caplog.text
+        assert resolve_partitions("auto", 10**9, 10**4) == 4000  # 2.5 picks a cell: as many as wanted, loudly
+        assert "4000 cells for a budget of 10000 (2.5 picks a cell): under 30 picks a cell" in caplog.text
         assert resolve_partitions("auto", 10**9, 1) == 0  # flat
-        assert resolve_partitions(7, 1000, 209) == 7 and "(29.9 picks a cell)" in caplog.records[-1].getMessage()
+        caplog.clear()
+        assert resolve_partitions(7, 1000, 209) == 7  # as asked, loudly
+        assert "(29.9 picks a cell)" in caplog.text and "use --partitions 209" in caplog.text
+        assert resolve_partitions(7, 1000, 7) == 7 and len(caplog.records) == 1  # a pick a cell: quiet
         caplog.clear()
         assert resolve_partitions(8, 100, 5) == 8  # as asked, loudly
     assert len(caplog.records) == 1 and "8 cells for a budget of 5: at least 3 cells get no pick" in caplog.text
@@ -76,6 +88,16 @@ def test_cells_select_their_share_and_the_merge_is_deterministic(store, tmp_path
     first = len([c for c in cells if c["budget"]])
     assert sorted(picked[:first].tolist()) == [c["cell"] for c in cells if c["budget"]]
     assert json.loads((tmp_path / "s" / "selection.json").read_text())["config"]["partitions"] == 4
+
+
+def test_auto_under_30_picks_a_cell_runs_a_cell_a_pick(store, monkeypatch):
+    monkeypatch.setattr(cells, "AUTO_ABOVE", 600)  # the 900-row store as a large pool: 3 cells of 300 rows
+    monkeypatch.setattr(cells, "CELL_ROWS", 300)
+    sel = activeft.select(store, 12, method="kmeans", iterations=10)  # 4 picks a cell: 12 cells instead
+    table = sel.info["partitions"]["cells_table"]
+    assert sel.info["config"]["partitions"] == 12 and len(table) == 12 and sum(c["rows"] for c in table) == 900
+    assert [c["budget"] for c in table] == [1] * 12  # a pick each, not by rows
+    assert activeft.select(store, 90, method="kmeans", iterations=10).info["config"]["partitions"] == 3
 
 
 def test_a_resumed_run_redoes_only_its_unfinished_cells(store, tmp_path, monkeypatch):
@@ -146,6 +168,9 @@ def test_the_partition_is_fitted_on_a_fixed_sample_and_coverage_by_shard_equals_
     fit = cells.fit_partition(store, 3, 0, num_workers=1, use_gpu=False, precision=None)
     assert fit["sample"] == 150 and fit == cells.fit_partition(store, 3, 0, num_workers=1, use_gpu=False,
                                                                precision=None)
+    # cells of a pick each: their partition is the selection's k-means, fitted on up to PICK_SAMPLE rows
+    picks = cells.fit_partition(store, 3, 0, one_pick=True, num_workers=1, use_gpu=False, precision=None)
+    assert picks["sample"] == 900
     rows = torch.from_numpy(np.sort(sample_rows(900, 150, generator(0)).numpy()))
     x = torch.from_numpy(store.embeddings())
     centroids = torch.tensor(fit["centroids"])

@@ -174,8 +174,9 @@ def select(store, budget, *, output: str | None = None, method: str = "kmeans", 
         cells, split the budget over them by their rows and run the method inside each cell (cells in
         parallel as Ray tasks, at most ``num_workers`` at a time; a resumed run redoes only unfinished
         cells). The cost then grows with the pool, not with the pool times the budget, but no pick
-        sees across a cell border. ``auto``: cells of ~250,000 rows above 1,000,000 rows (but no
-        more cells than picks: fewer, larger cells for a small budget), else off.
+        sees across a cell border. ``auto``: cells of ~250,000 rows above 1,000,000 rows, else off;
+        where that leaves fewer than 30 picks a cell, a cell a pick (up to 1,024 cells; fewer, larger
+        cells for a budget below the cells' count), so the cells are the budget's own clusters.
     dedup : float, optional
         Near-duplicate threshold in (0, 1] (``activeft dedup``; its default is 0.98): of each group of
         rows with cosine similarity >= this only one stays in the pool, a labeled (excluded) one if the

@@ -7,13 +7,19 @@ centroids (as faiss trains its k-means on at most ``max_points_per_centroid`` ro
 pass over the store (a Ray task a shard) gives each row its cell, the nearest centroid, and writes the
 shard's rows grouped by cell (a Parquet row group per cell, in the run's work directory); the budget is
 split over the cells by their rows (:func:`~.quotas.split_budget`: largest remainders, no cell asked for
-more rows than it has free), and the selector runs on each cell alone, reading only that cell's row
-groups, cells in parallel as Ray tasks (one CPU, or one GPU, each; at most ``num_workers`` at a time);
+more rows than it has free; as many cells as picks: a pick each, as a flat k-means gives each cluster
+one), and the selector runs on each cell alone, reading only that cell's row groups, cells in parallel
+as Ray tasks (one CPU, or one GPU, each; at most ``num_workers`` at a time);
 the picks are merged in rounds (every cell's first pick, then every cell's second, ...), so any prefix of
 the ranking is spread over the cells. A cell's result is written to the run's work directory when it
 finishes, so a stopped run redoes only the cells it had not finished. Neither the driver nor a task ever
 holds the pool: the cost of a cell follows its rows, and memory one cell or one shard, what makes a pool
 of any size tractable, at the price of no pick seeing across a cell border.
+
+At few picks a cell that price is measurable (cells of a fixed share were behind a flat k-means on
+Fashion-MNIST), so ``auto`` then makes a cell a pick (:func:`resolve_partitions`): the partition, fitted
+on at least :data:`PICK_SAMPLE` rows with :data:`PICK_ITERATIONS` Lloyd iterations, is the budget's own
+k-means, as a flat selection's, and each cell gives its one pick.
 
 Quotas (``--balance-by``, :mod:`.quotas`) run the same way: each group of the column is a cell of its
 own (cut into its share of the k-means cells when partitions are on too), with its quota as budget.
@@ -43,7 +49,10 @@ CELL_ROWS = 250_000  # rows per cell that ``partitions="auto"`` aims at
 AUTO_ABOVE = 1_000_000  # ``partitions="auto"`` cuts pools larger than this
 PARTITION_ITERATIONS = 20  # Lloyd iterations of the partition (cells need not be converged clusters)
 PARTITION_SAMPLE = 256  # rows a cell the partition's k-means is fitted on (faiss's max_points_per_centroid)
-FEW_PICKS = 30  # picks a cell below which cells measured behind a flat selection (benchmarks/RESULTS.md)
+FEW_PICKS = 30  # picks a cell below which cells of a fixed share were behind a flat selection (RESULTS.md)
+PICK_CELLS = 1024  # ``auto``'s most cells of a pick each (their partition: 2^20 rows, 1024 centroids, 100 iterations)
+PICK_SAMPLE = 1 << 20  # rows at least that cells of a pick each are fitted on: their partition is the selection
+PICK_ITERATIONS = 100  # and its Lloyd iterations, as the kmeans selector's
 
 
 def parse_partitions(value) -> str | int:
@@ -58,15 +67,18 @@ def parse_partitions(value) -> str | int:
 
 def resolve_partitions(partitions, rows: int, budget: int) -> int:
     """The number of cells: ``"off"`` -> 0; ``"auto"`` -> ``ceil(rows / CELL_ROWS)`` above
-    :data:`AUTO_ABOVE` rows, but no more cells than picks (larger cells, with a warning), and 0 below
-    two; a number >= 2 as given, with a warning when it is more than the picks (cells with none). Fewer
-    than :data:`FEW_PICKS` picks a cell: a warning of what that cost on Fashion-MNIST."""
+    :data:`AUTO_ABOVE` rows, 0 below; but where that leaves fewer than :data:`FEW_PICKS` picks a cell, a
+    cell a pick (up to :data:`PICK_CELLS` cells; larger cells where the budget is smaller, with a warning):
+    the partition is then the budget's own k-means, and no pick's cluster straddles a cell border; cells
+    of a fixed share were behind a flat selection there, cells of a pick were not (``benchmarks/RESULTS.md``).
+    A number >= 2 as given, with a warning when it is more than the picks (cells with none) or leaves
+    fewer than :data:`FEW_PICKS` picks a cell."""
     cells = _cells(parse_partitions(partitions), rows, budget)
-    if cells and cells <= budget < FEW_PICKS * cells:
-        log.warning("select: %d cells for a budget of %d (%.3g picks a cell): under %d picks a cell, cells were "
-                    "0.4 to 2.5 points behind a flat selection on Fashion-MNIST (benchmarks/RESULTS.md); use fewer "
-                    "cells, or --partitions off where the pool fits one worker", cells, budget, budget / cells,
-                    FEW_PICKS)
+    if cells and cells < budget < FEW_PICKS * cells:
+        log.warning("select: %d cells for a budget of %d (%.3g picks a cell): under %d picks a cell, cells of a "
+                    "fixed share were 0.4 to 2.5 points behind a flat selection on Fashion-MNIST, cells of a pick "
+                    "each were not (benchmarks/RESULTS.md); use --partitions %d, or off where the pool fits one "
+                    "worker", cells, budget, budget / cells, FEW_PICKS, budget)
     return cells
 
 
@@ -78,12 +90,13 @@ def _cells(partitions, rows: int, budget: int) -> int:
         if rows <= AUTO_ABOVE:
             return 0
         wanted = math.ceil(rows / CELL_ROWS)
-        cells = min(wanted, budget)
+        cells = min(budget, max(wanted, PICK_CELLS)) if budget < FEW_PICKS * wanted else wanted
         if cells < 2:
             return 0
-        if cells < wanted:
-            log.warning("select: partitions auto: %d cells of ~%d rows, not %d of ~%d: no more cells than the "
-                        "budget's %d picks", cells, math.ceil(rows / cells), wanted, CELL_ROWS, budget)
+        if cells != wanted:
+            (log.warning if cells < wanted else log.info)(
+                "select: partitions auto: %d cells of ~%d rows, not %d of ~%d: a cell a pick (at most %d cells) for a "
+                "budget of %d", cells, math.ceil(rows / cells), wanted, CELL_ROWS, PICK_CELLS, budget)
         return cells
     if partitions > budget:
         log.warning("select: %d cells for a budget of %d: at least %d cells get no pick, and the selection "
@@ -92,20 +105,24 @@ def _cells(partitions, rows: int, budget: int) -> int:
     return int(partitions)
 
 
-def _kmeans_cells(x: np.ndarray, cells: int, seed: int, device: str, precision: str | None) -> dict:
+def _kmeans_cells(x: np.ndarray, cells: int, seed: int, iterations: int, device: str, precision: str | None) -> dict:
     centroids, history = kmeans(Pool(torch.from_numpy(x).to(device), 0, len(x), precision), Collectives(), cells,
-                                iterations=PARTITION_ITERATIONS, init="kmeans||", seed=seed, tag="partition")
+                                iterations=iterations, init="kmeans||", seed=seed, tag="partition")
     return {"centroids": centroids.cpu().tolist(), "inertia": history[-1], "sample": len(x)}
 
 
-def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, num_workers: int, use_gpu: bool,
-                  precision: str | None) -> dict:
+def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, one_pick: bool = False, num_workers: int,
+                  use_gpu: bool, precision: str | None) -> dict:
     """The cells' centroids, the k-means inertia and the rows it was fitted on: a fixed uniform sample of
-    ``PARTITION_SAMPLE * cells`` rows (all of a smaller pool), gathered a task a shard, then k-means in
-    one task. Its cost follows the cells, not the pool: the pool is never held."""
-    rows = sample_rows(len(store), min(len(store), PARTITION_SAMPLE * cells), generator(seed)).sort().values
+    ``PARTITION_SAMPLE * cells`` rows, at least :data:`PICK_SAMPLE` for cells of ``one_pick`` each (all of
+    a smaller pool), gathered a task a shard, then k-means in one task (:data:`PARTITION_ITERATIONS` Lloyd
+    iterations, :data:`PICK_ITERATIONS` for cells of one pick). Its cost follows the cells, not the pool:
+    the pool is never held."""
+    size = max(PARTITION_SAMPLE * cells, PICK_SAMPLE if one_pick else 0)
+    rows = sample_rows(len(store), min(len(store), size), generator(seed)).sort().values
     x = gather(store, rows.numpy(), num_workers)
-    args = {0: (x, cells, seed, "cuda" if use_gpu else "cpu", precision)}
+    iterations = PICK_ITERATIONS if one_pick else PARTITION_ITERATIONS
+    args = {0: (x, cells, seed, iterations, "cuda" if use_gpu else "cpu", precision)}
     return next(tasks(_kmeans_cells, args, num_workers, use_gpu))[1]
 
 
@@ -214,8 +231,8 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         if resume and path and storage.exists(path):
             parts = storage.read_json(path)
         else:
-            parts = fit_partition(store, cells, selector.seed, num_workers=num_workers, use_gpu=use_gpu,
-                                  precision=precision)
+            parts = fit_partition(store, cells, selector.seed, one_pick=cells == budget, num_workers=num_workers,
+                                  use_gpu=use_gpu, precision=precision)
             if path:
                 storage.write_json(path, parts)
     # without a work directory, beside the store (as runner.run's): the tasks on every node read it
@@ -232,9 +249,10 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         free = sizes - np.array([len(h) for h in held])
         owner = keys // max(cells, 1)
         budgets = np.zeros(len(keys), dtype=np.int64)
+        weights = np.ones_like(sizes) if cells == budget else sizes  # cells of a pick: a pick each, as flat k-means
         for g in np.unique(owner):
             mine = owner == g
-            budgets[mine] = split_budget(sizes[mine], free[mine], budget if groups is None else int(groups[2][g]))
+            budgets[mine] = split_budget(weights[mine], free[mine], budget if groups is None else int(groups[2][g]))
         partition_s = time.perf_counter() - start
         log.info("select: %d cells of %d to %d rows (partition and regroup in %.1f s); budgets %d to %d", len(keys),
                  sizes.min(), sizes.max(), partition_s, budgets.min(), budgets.max())
