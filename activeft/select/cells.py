@@ -41,6 +41,7 @@ from ..engine import Collectives, FlatIndex, Pool, generator, kmeans, sample_row
 from ..io import storage
 from ..io.store import EmbeddingStore, embedding_array, embedding_matrix, shard_name
 from ..runtime.tasks import gather, tasks, within
+from .kmeans import KMeans
 from .quotas import group_text, split_budget
 from .registry import Selector
 
@@ -52,7 +53,7 @@ PARTITION_SAMPLE = 256  # rows a cell the partition's k-means is fitted on (fais
 FEW_PICKS = 30  # picks a cell below which cells of a fixed share were behind a flat selection (RESULTS.md)
 PICK_CELLS = 1024  # ``auto``'s most cells of a pick each (their partition: 2^20 rows, 1024 centroids, 100 iterations)
 PICK_SAMPLE = 1 << 20  # rows at least that cells of a pick each are fitted on: their partition is the selection
-PICK_ITERATIONS = 100  # and its Lloyd iterations, as the kmeans selector's
+PICK_ITERATIONS = KMeans.params["iterations"].default  # and its Lloyd iterations: the kmeans selector's
 
 
 def parse_partitions(value) -> str | int:
@@ -118,10 +119,11 @@ def fit_partition(store: EmbeddingStore, cells: int, seed: int, *, one_pick: boo
     a smaller pool), gathered a task a shard, then k-means in one task (:data:`PARTITION_ITERATIONS` Lloyd
     iterations, :data:`PICK_ITERATIONS` for cells of one pick). Its cost follows the cells, not the pool:
     the pool is never held."""
-    size = max(PARTITION_SAMPLE * cells, PICK_SAMPLE if one_pick else 0)
+    size, iterations = PARTITION_SAMPLE * cells, PARTITION_ITERATIONS
+    if one_pick:
+        size, iterations = max(size, PICK_SAMPLE), PICK_ITERATIONS
     rows = sample_rows(len(store), min(len(store), size), generator(seed)).sort().values
     x = gather(store, rows.numpy(), num_workers)
-    iterations = PICK_ITERATIONS if one_pick else PARTITION_ITERATIONS
     args = {0: (x, cells, seed, iterations, "cuda" if use_gpu else "cpu", precision)}
     return next(tasks(_kmeans_cells, args, num_workers, use_gpu))[1]
 
@@ -225,13 +227,13 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
     if work and not resume:
         storage.delete(storage.join(work, "cells"))
         storage.delete(storage.join(work, "units"))
-    parts = {}
+    parts, one_pick = {}, cells == budget  # cells of a pick: fitted as a flat k-means, a pick each
     if cells:
         path = work and storage.join(work, "partition.json")
         if resume and path and storage.exists(path):
             parts = storage.read_json(path)
         else:
-            parts = fit_partition(store, cells, selector.seed, one_pick=cells == budget, num_workers=num_workers,
+            parts = fit_partition(store, cells, selector.seed, one_pick=one_pick, num_workers=num_workers,
                                   use_gpu=use_gpu, precision=precision)
             if path:
                 storage.write_json(path, parts)
@@ -249,7 +251,7 @@ def select_in_cells(selector: Selector, store: EmbeddingStore, budget: int, excl
         free = sizes - np.array([len(h) for h in held])
         owner = keys // max(cells, 1)
         budgets = np.zeros(len(keys), dtype=np.int64)
-        weights = np.ones_like(sizes) if cells == budget else sizes  # cells of a pick: a pick each, as flat k-means
+        weights = np.ones_like(sizes) if one_pick else sizes
         for g in np.unique(owner):
             mine = owner == g
             budgets[mine] = split_budget(weights[mine], free[mine], budget if groups is None else int(groups[2][g]))
